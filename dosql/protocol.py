@@ -1,0 +1,337 @@
+"""The internal wire format: typed msgpack messages over WebSockets.
+
+One module defines every message exchanged between driver, router, shards
+and lake writer, so all parties agree by construction. Messages are msgspec
+Structs in tagged unions: decoding validates shape and types, and anything
+malformed raises :class:`ValidationError` (``INVALID_MESSAGE``) instead of
+reaching handler code. SQLite values travel as themselves (NULL, 64-bit int,
+float, text, bytes), so images and parameters are bit-exact.
+
+Conversation shapes:
+
+- SQL session (driver→router, router→shard): each request has an ``id``; the
+  reply is one :class:`Ok`, one :class:`Error`, or a stream of
+  :class:`Result` chunks with the same id, the last one with ``done=True``
+  (columns and decltypes ride on the first chunk only).
+- CDC (shard→lake): :class:`CDCHello` → :class:`CDCWelcome` (committed
+  watermark), then :class:`ChangeBatch` frames answered by :class:`BatchAck`
+  or :class:`BatchNack`; the lake sends :class:`Committed` whenever a commit
+  moves the shard's watermark.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from dosql.errors import DoSQLError, ValidationError, from_wire
+
+# msgspec cannot type a union of str and bytes, so values are Any on the wire
+# and checked by check_params() where they enter SQL.
+Value = Any
+Params = list[Value] | dict[str, Value] | None
+_SCALARS = (type(None), int, float, str, bytes)
+
+
+class Message(msgspec.Struct, tag_field="t", omit_defaults=True):
+    pass
+
+
+# --------------------------------------------------------------------------- SQL session
+
+
+class Execute(Message, tag="exec"):
+    id: int
+    sql: str
+    params: Params = None
+    timeout_ms: int | None = None
+    trace_id: str | None = None
+
+
+class ExecuteMany(Message, tag="execmany"):
+    id: int
+    sql: str
+    seq_params: list[Params]
+    timeout_ms: int | None = None
+    trace_id: str | None = None
+
+
+class Begin(Message, tag="begin"):
+    id: int
+    mode: Literal["deferred", "immediate"] = "deferred"
+    trace_id: str | None = None
+
+
+class Commit(Message, tag="commit"):
+    id: int
+    trace_id: str | None = None
+
+
+class Rollback(Message, tag="rollback"):
+    id: int
+    trace_id: str | None = None
+
+
+class Ping(Message, tag="ping"):
+    id: int
+
+
+class ReadChanges(Message, tag="read_changes"):
+    """Read the shard's change log from ``from_lsn`` (inclusive), in LSN order."""
+
+    id: int
+    from_lsn: int
+    limit: int = 1000
+    table: str | None = None
+
+
+class LsnInfo(Message, tag="lsn_info"):
+    """Ask for the shard's current LSN and the lowest LSN it still retains."""
+
+    id: int
+
+
+class Result(Message, tag="result"):
+    id: int
+    rows: list[list[Value]]
+    done: bool = True
+    columns: list[str] | None = None
+    decltypes: list[str | None] | None = None
+    rowcount: int = -1
+    lastrowid: int | None = None
+
+
+class Ok(Message, tag="ok"):
+    id: int
+    info: dict[str, Any] = {}
+
+
+class Error(Message, tag="error"):
+    id: int | None
+    code: str
+    message: str
+    category: str = "general"
+    type: str = "DoSQLError"
+    details: dict[str, Any] = {}
+
+    def to_exception(self) -> DoSQLError:
+        return from_wire(
+            {
+                "code": self.code,
+                "message": self.message,
+                "type": self.type,
+                "details": self.details,
+            }
+        )
+
+    @classmethod
+    def from_exception(cls, request_id: int | None, exc: DoSQLError) -> Error:
+        w = exc.to_wire()
+        return cls(
+            id=request_id,
+            code=w["code"],
+            message=w["message"],
+            category=w["category"],
+            type=w["type"],
+            details=_plain(w["details"]),
+        )
+
+
+# --------------------------------------------------------------------------- change capture
+
+
+class ColumnInfo(msgspec.Struct, array_like=True):
+    name: str
+    decltype: str
+    notnull: bool
+    pk: int  # position in the primary key (1-based), 0 if not part of it
+
+
+class TableSchema(msgspec.Struct, omit_defaults=True):
+    """A table's definition as carried by schema events."""
+
+    action: Literal["create", "alter", "drop", "index"]
+    sql: str | None = None
+    columns: list[ColumnInfo] = []
+    primary_key: list[str] = []  # empty: the rowid is the key
+    without_rowid: bool = False
+    indexes: list[str] = []
+    renamed_from: str | None = None
+
+
+class Change(msgspec.Struct, array_like=True, omit_defaults=False):
+    """One committed row change (or schema event) from a shard's change log.
+
+    ``key`` is the primary key values in key order (``[rowid]`` for tables
+    without an explicit primary key). ``before``/``after`` are full row images
+    keyed by column name (``None`` where not applicable). ``commit_ts`` is UTC
+    microseconds since the epoch.
+    """
+
+    lsn: int
+    txid: int
+    commit_ts: int
+    table: str
+    op: Literal["insert", "update", "delete", "schema"]
+    key: list[Value] | None = None
+    before: dict[str, Value] | None = None
+    after: dict[str, Value] | None = None
+    schema: TableSchema | None = None
+
+
+class Changes(Message, tag="changes"):
+    id: int
+    changes: list[Change]
+    current_lsn: int
+    oldest_lsn: int
+
+
+class CDCHello(Message, tag="cdc_hello"):
+    shard: str
+    current_lsn: int = 0
+    oldest_lsn: int = 0
+    token: str | None = None
+
+
+class CDCWelcome(Message, tag="cdc_welcome"):
+    committed_lsn: int
+
+
+class ChangeBatch(Message, tag="cdc_batch"):
+    shard: str
+    first_lsn: int
+    last_lsn: int
+    changes: list[Change]
+
+
+class BatchAck(Message, tag="cdc_ack"):
+    last_lsn: int
+
+
+class BatchNack(Message, tag="cdc_nack"):
+    reason: Literal["buffer_full", "lsn_gap", "invalid", "unknown_source"]
+    retry_after_ms: int = 0
+    expected_lsn: int | None = None
+    message: str = ""
+
+
+class Committed(Message, tag="cdc_committed"):
+    shard: str
+    lsn: int
+
+
+class Flush(Message, tag="flush"):
+    id: int
+    table: str | None = None
+    wait: bool = True
+
+
+class MetaGet(Message, tag="meta_get"):
+    """Read cluster metadata keys starting with ``prefix`` (admin scope)."""
+
+    id: int
+    prefix: str = ""
+
+
+class MetaSet(Message, tag="meta_set"):
+    """Write one cluster metadata key in the shard's internal table (admin scope).
+
+    ``value`` None deletes the key. Used by the router to persist tables added
+    under the VSchema's ``default_table`` policy, and by sequences.
+    """
+
+    id: int
+    key: str
+    value: str | None
+
+
+class ReleaseChanges(Message, tag="release_changes"):
+    """Tell a shard the lake has committed through ``lsn``; it may purge up to there."""
+
+    id: int
+    lsn: int
+
+
+AnyMessage = (
+    Execute
+    | ExecuteMany
+    | Begin
+    | Commit
+    | Rollback
+    | Ping
+    | ReadChanges
+    | LsnInfo
+    | Result
+    | Ok
+    | Error
+    | Changes
+    | CDCHello
+    | CDCWelcome
+    | ChangeBatch
+    | BatchAck
+    | BatchNack
+    | Committed
+    | Flush
+    | MetaGet
+    | MetaSet
+    | ReleaseChanges
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMessage)
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode(data: bytes | str) -> AnyMessage:
+    """Decode one frame; malformed input raises ValidationError(INVALID_MESSAGE)."""
+    if isinstance(data, str):
+        raise ValidationError(
+            "text frame received: this endpoint speaks msgpack in binary frames",
+            code="INVALID_MESSAGE",
+        )
+    try:
+        return _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ValidationError(f"malformed message: {exc}", code="INVALID_MESSAGE") from None
+
+
+def check_params(params: Params) -> None:
+    """Parameters must be SQLite scalars (NULL, int, float, text, bytes); raise otherwise."""
+    values = params.values() if isinstance(params, dict) else (params or ())
+    for value in values:
+        if not isinstance(value, _SCALARS):
+            raise ValidationError(
+                f"parameter of type {type(value).__name__} is not a SQLite value: "
+                "use None, int, float, str or bytes",
+                code="INVALID_PARAMETERS",
+            )
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise ValidationError(
+                f"integer parameter {value} does not fit in 64 bits", code="INVALID_PARAMETERS"
+            )
+
+
+def request_id_of(data: bytes) -> int | None:
+    """Best-effort id of a frame that failed to decode, so its error can be correlated."""
+    try:
+        raw = msgspec.msgpack.decode(data)
+    except Exception:
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("id"), int):
+        return raw["id"]
+    return None
+
+
+def _plain(value: Any) -> Any:
+    """Details must survive msgpack: keep plain data, stringify the rest."""
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return str(value)
