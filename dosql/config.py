@@ -161,9 +161,13 @@ class Config:
         import vschema
 
         if self.vschema_data is not None:
-            return vschema.from_dict(self.vschema_data, source=str(self.source or "<config>"))
+            return vschema.from_dict(
+                self.vschema_data,
+                source=str(self.source or "<config>"),
+                default_shard_count=self.shard.shard_count,
+            )
         if self.vschema_path is not None:
-            return vschema.load(self.vschema_path)
+            return vschema.load(self.vschema_path, default_shard_count=self.shard.shard_count)
         raise ConfigurationError(
             'no VSchema configured: add a [vschema] section or `vschema = "path.toml"`',
             code="MISSING_CONFIG",
@@ -271,7 +275,15 @@ def _tokens(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> tup
             entries.append({"token": token, "scope": scope or "admin"})
         origin = "environment variable DOSQL_TOKENS"
     else:
-        entries = list(data.get("auth", {}).get("tokens", []))
+        auth = data.get("auth", {})
+        raw = auth.get("tokens", []) if isinstance(auth, Mapping) else None
+        if not isinstance(raw, list):
+            raise ConfigurationError(
+                f"auth.tokens in {source} must be an array of "
+                '{token = "<secret>", scope = "read" | "admin"} tables',
+                details={"setting": "auth.tokens"},
+            )
+        entries = list(raw)
         origin = source
     tokens = []
     for entry in entries:
