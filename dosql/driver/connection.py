@@ -217,7 +217,11 @@ class Connection:
         """Open the implicit transaction a write needs (autocommit off)."""
         if statement_kind == "dml" and not self._autocommit and not self._in_txn:
             transport = self._live()
-            transport.call(P.Begin(id=transport.next_id(), trace_id=new_trace_id()))
+            # IMMEDIATE: the transaction opens for a write, so take the write lock now
+            # rather than fail with DATABASE_LOCKED when upgrading a read later.
+            transport.call(
+                P.Begin(id=transport.next_id(), mode="immediate", trace_id=new_trace_id())
+            )
             self._in_txn = True
 
     def _after(self, statement_kind: str) -> None:

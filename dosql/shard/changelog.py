@@ -1,0 +1,180 @@
+"""The shard's change log as an API: read by LSN, watermarks, release, wait.
+
+This is what the CDC streamer (``dosql.shard.streamer``) and the
+ReadChanges / LsnInfo / ReleaseChanges protocol ops use. Reads go through a
+dedicated connection (WAL: they never block, and never see uncommitted
+changes); ``release`` deletes through its own connection in internal mode.
+
+LSN watermarks:
+- ``current_lsn()``: the highest committed LSN (0 for an empty shard). It is
+  the AUTOINCREMENT counter, so it survives purges and never goes back.
+- ``oldest_lsn()``: the lowest LSN still retained; when every change has
+  been released it is ``current_lsn() + 1`` (the next LSN that will exist),
+  so "``from_lsn >= oldest_lsn()``" always means "nothing is missing".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+import msgspec
+import trio
+
+from dosql import protocol
+from dosql.shard.database import ConnState
+from dosql.shard.errormap import map_error
+
+_READ = """SELECT c.lsn, c.txid, t.commit_ts, c.tbl, c.op, c.key, c.before, c.after, c.schema
+    FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid
+    WHERE c.lsn >= ? {extra} ORDER BY c.lsn LIMIT ?"""
+
+_schema_decoder = msgspec.msgpack.Decoder(protocol.TableSchema)
+
+
+def row_to_change(row: tuple) -> protocol.Change:
+    lsn, txid, commit_ts, tbl, op, key, before, after, schema = row
+    dec = msgspec.msgpack.decode
+    return protocol.Change(
+        lsn=lsn,
+        txid=txid,
+        commit_ts=commit_ts,
+        table=tbl,
+        op=op,
+        key=dec(key) if key is not None else None,
+        before=dec(before) if before is not None else None,
+        after=dec(after) if after is not None else None,
+        schema=_schema_decoder.decode(schema) if schema is not None else None,
+    )
+
+
+def read_changes(
+    conn: sqlite3.Connection, from_lsn: int, limit: int, table: str | None = None
+) -> list[protocol.Change]:
+    """Committed changes with ``lsn >= from_lsn`` in LSN order (shared with ``dosql changes``)."""
+    if table is None:
+        rows = conn.execute(_READ.format(extra=""), (from_lsn, limit)).fetchall()
+    else:
+        rows = conn.execute(_READ.format(extra="AND c.tbl = ?"), (from_lsn, table, limit))
+        rows = rows.fetchall()
+    return [row_to_change(r) for r in rows]
+
+
+def lsn_bounds(conn: sqlite3.Connection) -> tuple[int, int]:
+    """(current, oldest) as stored in the database."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_dosql_changes'").fetchone()
+    current = int(row[0]) if row else 0
+    row = conn.execute("SELECT min(lsn) FROM _dosql_changes").fetchone()
+    oldest = int(row[0]) if row and row[0] is not None else current + 1
+    return current, oldest
+
+
+class ChangeLog:
+    """Change-log access for one shard (thread-safe sync methods + one async wait)."""
+
+    def __init__(self, reader: sqlite3.Connection, writer: ConnState) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._current, self._oldest = lsn_bounds(reader)
+        self._trio_token: trio.lowlevel.TrioToken | None = None
+        self._trio_thread: int | None = None
+        self._changed: trio.Event | None = None
+
+    # ------------------------------------------------------------------ trio binding
+
+    def bind(self) -> None:
+        """Attach to the running trio loop (call once from inside trio)."""
+        self._trio_token = trio.lowlevel.current_trio_token()
+        self._trio_thread = threading.get_ident()
+        self._changed = trio.Event()
+
+    # ------------------------------------------------------------------ contract API
+
+    def read(self, from_lsn: int, limit: int, table: str | None = None) -> list[protocol.Change]:
+        """Committed changes from ``from_lsn`` (inclusive), at most ``limit``, in LSN order."""
+        with self._read_lock:
+            self._reader.execute("BEGIN")
+            try:
+                return read_changes(self._reader, max(int(from_lsn), 0), max(int(limit), 0), table)
+            finally:
+                self._reader.execute("COMMIT")
+
+    def current_lsn(self) -> int:
+        with self._state_lock:
+            return self._current
+
+    def oldest_lsn(self) -> int:
+        with self._state_lock:
+            return self._oldest
+
+    def release(self, through_lsn: int) -> None:
+        """The lake committed everything through ``through_lsn``: purge it from the shard.
+
+        The newest transaction row is always kept so the txid and commit
+        timestamp counters keep increasing across restarts.
+        """
+        through = min(int(through_lsn), self.current_lsn())
+        if through < self.oldest_lsn():
+            return
+        with self._write_lock:
+            conn = self._writer.conn
+            self._writer.internal = True
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("DELETE FROM _dosql_changes WHERE lsn <= ?", (through,))
+                    conn.execute(
+                        "DELETE FROM _dosql_tx WHERE txid < coalesce("
+                        "(SELECT min(txid) FROM _dosql_changes), "
+                        "(SELECT max(txid) FROM _dosql_tx))"
+                    )
+                    current, oldest = lsn_bounds(conn)
+                    conn.execute("COMMIT")
+                except BaseException as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.Error):
+                        raise map_error(exc) from None
+                    raise
+            finally:
+                self._writer.internal = False
+        with self._state_lock:
+            self._oldest = max(self._oldest, oldest)
+            self._current = max(self._current, current)
+
+    async def wait_for_change(self, after_lsn: int) -> None:
+        """Return once ``current_lsn() > after_lsn``."""
+        assert self._changed is not None, "ChangeLog.bind() was not called"
+        while self.current_lsn() <= after_lsn:
+            await self._changed.wait()
+
+    # ------------------------------------------------------------------ shard side
+
+    def committed(self, lsn: int) -> None:
+        """A transaction committed changes up to ``lsn`` (call from any thread)."""
+        with self._state_lock:
+            if lsn <= self._current:
+                return
+            self._current = lsn
+        if self._trio_token is None:
+            return
+        if threading.get_ident() == self._trio_thread:
+            self._notify()
+            return
+        try:
+            trio.from_thread.run_sync(self._notify, trio_token=self._trio_token)
+        except trio.RunFinishedError:
+            pass
+
+    def _notify(self) -> None:
+        # Wake every waiter; each re-checks current_lsn() and waits on the new event.
+        event, self._changed = self._changed, trio.Event()
+        if event is not None:
+            event.set()
+
+    def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()

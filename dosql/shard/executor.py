@@ -1,0 +1,421 @@
+"""The shard engine: a connection pool and the thread-side statement runner.
+
+Transactions are the shard's, never SQLite's implicit ones: a statement
+outside a session transaction runs inside ``BEGIN`` … ``COMMIT`` issued by
+the shard. That BEGIN is deferred on purpose: a single write statement takes
+the write lock at its first step (waiting ``busy_timeout`` like BEGIN
+IMMEDIATE would) while a read-only statement never takes it, so readers
+outside transactions never queue behind a writer. Session transactions use
+BEGIN IMMEDIATE when asked (``Begin(mode="immediate")`` or SQL ``BEGIN
+IMMEDIATE``/``EXCLUSIVE``) and a deferred BEGIN otherwise; a deferred
+transaction that reads, then writes after another session committed, gets
+``DATABASE_LOCKED`` (SQLite's snapshot rule) — write transactions should
+begin immediate.
+
+Before every COMMIT of a transaction that captured changes the shard writes
+``_dosql_tx(txid, commit_ts)``; commit_ts is ``max(now, previous commit_ts)``
+in UTC microseconds, computed while the SQLite write lock is held, so commit
+timestamps never decrease along LSN order. Transaction ids are allocated at a
+transaction's first captured change (also under the write lock), so they
+increase in commit order; a rolled-back transaction may leave an unused id.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from dosql import protocol
+from dosql.config import ShardConfig
+from dosql.errors import StorageError
+from dosql.shard import capture
+from dosql.shard.changelog import ChangeLog, lsn_bounds
+from dosql.shard.database import TRIGGER_PREFIX, ConnState, open_connection
+from dosql.shard.decltypes import decltypes
+
+Emit = Callable[[protocol.Result], None]
+MAX_CONNECTIONS = 64
+
+
+@dataclass
+class StatementOutcome:
+    final: protocol.Result  # the done=True chunk, for the caller to send
+    # Set when an autocommit statement committed changes: the caller must pass it
+    # to ChangeLog.committed() (from the trio thread, no hop needed).
+    committed_lsn: int | None
+
+
+def iter_chunks(cur: sqlite3.Cursor, max_rows: int, max_bytes: int) -> Iterator[list[list[Any]]]:
+    """Rows in chunks of at most ``max_rows`` rows and (roughly) ``max_bytes`` bytes.
+
+    Rows are fetched from SQLite one chunk at a time, so a result is never
+    held in memory whole; the byte bound keeps chunks of wide rows well
+    under the peers' maximum message size.
+    """
+    while True:
+        fetched = cur.fetchmany(max_rows)
+        if not fetched:
+            return
+        out: list[list[Any]] = []
+        size = 0
+        for row in fetched:
+            n = 16 + sum(len(v) * 2 if isinstance(v, str | bytes) else 9 for v in row)
+            if out and size + n > max_bytes:
+                yield out
+                out, size = [], 0
+            out.append(list(row))
+            size += n
+        yield out
+
+
+class Shard:
+    """One SQLite database: pool of connections, txid/commit_ts counters, change log."""
+
+    def __init__(self, shard_id: str, path: str, cfg: ShardConfig) -> None:
+        self.shard_id = shard_id
+        self.path = str(path)
+        self.cfg = cfg
+        self._lock = threading.Lock()
+        self._next_txid = 0
+        self._last_commit_ts = 0
+        self._free: list[ConnState] = []
+        self._all: list[ConnState] = []
+        self._slots: trio.Semaphore | None = None
+        self.limiter = trio.CapacityLimiter(MAX_CONNECTIONS + 8)
+        self.open_transactions = 0
+        self.sessions = 0
+        admin = self._open()
+        self._startup(admin)
+        self._free.append(admin)
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        reader.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
+        self.changelog = ChangeLog(reader, self._open())
+
+    # ------------------------------------------------------------------ setup
+
+    def _open(self) -> ConnState:
+        state = open_connection(self.path, self.cfg, self.allocate_txid)
+        self._all.append(state)
+        return state
+
+    def _startup(self, state: ConnState) -> None:
+        """Create internal tables, load counters, reconcile triggers with the schema."""
+        conn = state.conn
+        state.internal = True
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                capture.ensure_internal_tables(conn)
+                txid, ts = conn.execute(
+                    "SELECT coalesce(max(txid), 0), coalesce(max(commit_ts), 0) FROM _dosql_tx"
+                ).fetchone()
+                self._next_txid, self._last_commit_ts = int(txid), int(ts)
+                state.txid = None
+                capture.sync_schema(conn)
+                self._finish(state)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        finally:
+            state.internal = False
+            state.txid = None
+
+    # ------------------------------------------------------------------ counters
+
+    def allocate_txid(self) -> int:
+        with self._lock:
+            self._next_txid += 1
+            return self._next_txid
+
+    def next_commit_ts(self) -> int:
+        with self._lock:
+            ts = max(time.time_ns() // 1000, self._last_commit_ts)
+            self._last_commit_ts = ts
+            return ts
+
+    # ------------------------------------------------------------------ pool (trio side)
+
+    async def acquire(self, *, read_only: bool, timeout: float | None = None) -> ConnState:
+        """A connection for one statement or one session transaction (waits for a free one)."""
+        if self._slots is None:
+            self._slots = trio.Semaphore(MAX_CONNECTIONS)
+        wait = timeout if timeout is not None else self.cfg.query_timeout_ms / 1000
+        with trio.move_on_after(wait) as scope:
+            await self._slots.acquire()
+        if scope.cancelled_caught:
+            raise StorageError(
+                f"all {MAX_CONNECTIONS} connections of this shard are busy (open transactions): "
+                "retry later, and keep transactions short",
+                code="DATABASE_LOCKED",
+            )
+        try:
+            state = self._free.pop() if self._free else await trio.to_thread.run_sync(self._open)
+        except BaseException:
+            self._slots.release()
+            raise
+        state.read_only = read_only
+        state.txid = None
+        return state
+
+    def release(self, state: ConnState) -> None:
+        if state.conn.in_transaction:  # never hand out a connection with a transaction open
+            self._rollback_quietly(state)
+        state.read_only = False
+        state.internal = False
+        self._free.append(state)
+        assert self._slots is not None
+        self._slots.release()
+
+    # ------------------------------------------------------------------ thread side
+
+    def begin(self, state: ConnState, immediate: bool) -> None:
+        state.txid = None
+        state.internal = True
+        try:
+            state.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        finally:
+            state.internal = False
+
+    def commit(self, state: ConnState, *, notify: bool = True) -> int | None:
+        """COMMIT (writing the transaction's _dosql_tx row); returns its last LSN if it logged.
+
+        ``notify=False`` leaves waking the change-log waiters to the caller (the
+        trio side does it without a thread hop).
+        """
+        state.internal = True
+        try:
+            lsn = self._finish(state)
+        except BaseException:
+            self._rollback_quietly(state)
+            raise
+        finally:
+            state.internal = False
+            state.txid = None
+        if lsn is not None and notify:
+            self.changelog.committed(lsn)
+        return lsn
+
+    def _finish(self, state: ConnState) -> int | None:
+        conn = state.conn
+        lsn = None
+        if state.txid is not None:
+            conn.execute(
+                "INSERT INTO _dosql_tx(txid, commit_ts) VALUES (?, ?)",
+                (state.txid, self.next_commit_ts()),
+            )
+            lsn = lsn_bounds(conn)[0]
+        conn.execute("COMMIT")
+        return lsn
+
+    def rollback(self, state: ConnState) -> None:
+        state.internal = True
+        try:
+            if state.conn.in_transaction:
+                state.conn.execute("ROLLBACK")
+        finally:
+            state.internal = False
+            state.txid = None
+
+    def _rollback_quietly(self, state: ConnState) -> None:
+        for _ in range(3):
+            try:
+                self.rollback(state)
+                return
+            except sqlite3.Error:
+                continue
+
+    def execute(
+        self,
+        state: ConnState,
+        sql: str,
+        params: protocol.Params,
+        emit: Emit,
+        request_id: int,
+        *,
+        autocommit: bool,
+        many: Iterable[protocol.Params] | None = None,
+    ) -> StatementOutcome:
+        """Run one client statement (or executemany), streaming result chunks through emit.
+
+        The final ``done`` chunk is returned (not emitted) once an autocommit
+        statement has committed, so a client never sees success for something
+        that did not commit.
+        """
+        if autocommit:
+            self.begin(state, immediate=False)
+        cur: sqlite3.Cursor | None = None
+        try:
+            cur = self._run_user(state, sql, params, many)
+            if state.ddl_seen:
+                state.internal = True
+                try:
+                    capture.sync_schema(state.conn, state.altered)
+                finally:
+                    state.internal = False
+            rows: list[list[Any]] = []
+            columns: list[str] | None = []  # statements without result columns
+            decl: list[str | None] | None = None
+            if cur.description is not None:
+                columns = [d[0] for d in cur.description]
+                decl = decltypes(state.conn, sql, len(columns))
+                chunks = iter_chunks(
+                    cur, self.cfg.result_chunk_rows, self.cfg.max_message_size // 4
+                )
+                rows = next(chunks, [])
+                for nxt in chunks:  # one chunk of look-ahead: the last one goes out with done
+                    emit(protocol.Result(request_id, rows, False, columns, decl))
+                    columns = decl = None  # only the first chunk carries them
+                    rows = nxt
+            # The connection's last_insert_rowid also moves with the shard's own
+            # bookkeeping inserts: report it only for statements that inserted rows.
+            rowcount = cur.rowcount
+            lastrowid = cur.lastrowid if state.inserted and rowcount > 0 else None
+            cur.close()
+            cur = None
+            lsn = self.commit(state, notify=False) if autocommit else None
+        except BaseException:
+            if cur is not None:
+                # Reset the statement first: while it is active an interrupt() aimed
+                # at it stays armed and would hit the ROLLBACK (or the next client).
+                try:
+                    cur.close()
+                except sqlite3.Error:
+                    pass
+            if autocommit:
+                self._rollback_quietly(state)
+            raise
+        final = protocol.Result(request_id, rows, True, columns, decl, rowcount, lastrowid)
+        return StatementOutcome(final, lsn)
+
+    def _run_user(
+        self,
+        state: ConnState,
+        sql: str,
+        params: protocol.Params,
+        many: Iterable[protocol.Params] | None,
+    ) -> sqlite3.Cursor:
+        conn = state.conn
+        state.begin_statement()
+
+        def run() -> sqlite3.Cursor:
+            if many is not None:
+                return conn.executemany(sql, many)
+            return conn.execute(sql, params if params is not None else ())
+
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            # ALTER TABLE ... DROP COLUMN refuses to run while a trigger names the
+            # column: drop the table's capture triggers (sync_schema re-creates them)
+            # and try again, all inside a savepoint so a failure restores them.
+            if TRIGGER_PREFIX not in str(exc) or not state.altered:
+                raise
+            altered = set(state.altered)
+            state.internal = True
+            conn.execute("SAVEPOINT _dosql_ddl")
+            try:
+                for table in altered:
+                    capture.drop_triggers(conn, table)
+                state.internal = False
+                state.begin_statement()
+                cur = run()
+                state.altered |= altered
+                state.internal = True
+                conn.execute("RELEASE _dosql_ddl")
+                return cur
+            except BaseException:
+                state.internal = True
+                conn.execute("ROLLBACK TO _dosql_ddl")
+                conn.execute("RELEASE _dosql_ddl")
+                raise
+            finally:
+                state.internal = False
+
+    # ------------------------------------------------------------------ metadata
+
+    def meta_get(self, state: ConnState, prefix: str) -> dict[str, str | None]:
+        rows = state.conn.execute(
+            "SELECT key, value FROM _dosql_meta WHERE substr(key, 1, length(?)) = ? ORDER BY key",
+            (prefix, prefix),
+        )
+        return {k: v for k, v in rows}
+
+    def meta_set(self, state: ConnState, key: str, value: str | None) -> None:
+        """Not captured as a change: _dosql_meta has no capture triggers."""
+        state.internal = True
+        try:
+            own_tx = not state.conn.in_transaction
+            if own_tx:
+                state.conn.execute("BEGIN IMMEDIATE")
+            try:
+                if value is None:
+                    state.conn.execute("DELETE FROM _dosql_meta WHERE key = ?", (key,))
+                else:
+                    state.conn.execute(
+                        "INSERT INTO _dosql_meta(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, value),
+                    )
+                if own_tx:
+                    state.conn.execute("COMMIT")
+            except BaseException:
+                if own_tx and state.conn.in_transaction:
+                    state.conn.execute("ROLLBACK")
+                raise
+        finally:
+            state.internal = False
+
+    # ------------------------------------------------------------------ observability
+
+    def storage_bytes(self) -> tuple[int, int]:
+        """(database file size, WAL file size) in bytes."""
+
+        def size(p: str) -> int:
+            try:
+                return os.path.getsize(p)
+            except OSError:
+                return 0
+
+        return size(self.path), size(self.path + "-wal")
+
+    def health_check(self) -> dict[str, Any]:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=2)
+        try:
+            ok = conn.execute("SELECT count(*) FROM _dosql_tx").fetchone() is not None
+            quick = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+        finally:
+            conn.close()
+        return {"status": "ok" if ok and quick == "ok" else "error", "quick_check": quick}
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the database and close every connection."""
+        for state in self._all:
+            try:
+                if state.conn.in_transaction:
+                    state.conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        try:
+            self.changelog.close()
+        except sqlite3.Error:
+            pass
+        first = True
+        for state in self._all:
+            try:
+                if first:
+                    state.internal = True
+                    state.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    first = False
+            except sqlite3.Error:
+                pass
+            finally:
+                state.conn.close()
+        self._all.clear()
+        self._free.clear()

@@ -1,0 +1,65 @@
+"""Prometheus metrics of one shard process (names from the operations guide).
+
+``dosql_wal_segment_count`` is the size of the SQLite WAL file divided by
+``shard.wal_segment_size`` (rounded up): how many segment-sized pieces of
+un-checkpointed log the shard is carrying. Gauges that describe files are
+computed at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from dosql.shard.executor import Shard
+
+_BUCKETS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class ShardMetrics:
+    def __init__(self, shard: Shard, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = {"shard": shard.shard_id}
+        self.query_duration = Histogram(
+            "dosql_query_duration_ms",
+            "Time to serve one request, in milliseconds",
+            ["op"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.active_transactions = Gauge(
+            "dosql_active_transactions", "Open session transactions", registry=r
+        )
+        self.active_transactions.set_function(lambda: shard.open_transactions)
+        self.connection_count = Gauge(
+            "dosql_connection_count", "Open WebSocket connections", registry=r
+        )
+        self.connection_count.set_function(lambda: shard.sessions)
+        seg = shard.cfg.wal_segment_size
+        self.wal_segments = Gauge(
+            "dosql_wal_segment_count",
+            "WAL file size in units of shard.wal_segment_size (rounded up)",
+            registry=r,
+        )
+        self.wal_segments.set_function(lambda: math.ceil(shard.storage_bytes()[1] / seg))
+        self.storage = Gauge(
+            "dosql_storage_used_bytes", "Database plus WAL file size in bytes", registry=r
+        )
+        self.storage.set_function(lambda: sum(shard.storage_bytes()))
+        self.errors = Counter("dosql_errors_total", "Error replies by code", ["code"], registry=r)
+        self.changes = Counter(
+            "dosql_changes_total", "Row changes and schema events captured", registry=r
+        )
+        self.current_lsn = Gauge("dosql_current_lsn", "Highest committed LSN", registry=r)
+        self.current_lsn.set_function(shard.changelog.current_lsn)
+        self._last_lsn = shard.changelog.current_lsn()
+        self.labels = labels
+
+    def observe_commit(self, lsn: int | None) -> None:
+        if lsn is not None and lsn > self._last_lsn:
+            self.changes.inc(lsn - self._last_lsn)
+            self._last_lsn = lsn
