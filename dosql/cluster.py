@@ -1,0 +1,422 @@
+"""LocalCluster: the lake writer, one shard per VSchema shard and a router, on this machine.
+
+Every service is a real subprocess (``sys.executable -m …``) listening on a
+free loopback port: it is started with port 0 and announces the port it bound
+as a JSON line on stdout, which the cluster reads; everything else the
+process prints (stdout and stderr) goes to ``<data_dir>/logs/<name>.log``.
+If a process fails to start, the ones already started are stopped and the
+error names the process and shows the tail of its log.
+
+Layout of ``data_dir``: ``shards/<id>.db`` (shard databases, kept across
+runs), ``logs/``, ``lake/`` (warehouse and catalog, when the lake runs) and
+``cluster.toml``: the given config with the VSchema inline, shard addresses,
+and the lake URL, warehouse and catalog filled in — the file the router (and
+any tool) can be pointed at.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import IO, Any
+
+from dosql import config as config_mod
+from dosql.errors import RPCError
+
+START_TIMEOUT_S = float(os.environ.get("DOSQL_START_TIMEOUT_S", "90"))
+STOP_TIMEOUT_S = 10.0
+
+
+class _Process:
+    """One service subprocess and the thread that copies its stdout to its log."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.port: int | None = None
+        self._announced = threading.Event()
+        self._log: IO[bytes] | None = None
+
+    def launch(self) -> None:
+        self.port = None
+        self._announced.clear()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self._log.write(f"--- starting {' '.join(self.argv)}\n".encode())
+        self._log.flush()
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            env=self.env,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops us in order
+        )
+        threading.Thread(target=self._pump, name=f"log-{self.name}", daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.popen is not None and self.popen.stdout is not None
+        log = self._log
+        for line in self.popen.stdout:
+            if log is not None and not log.closed:
+                try:
+                    log.write(line)
+                    log.flush()
+                except ValueError:
+                    pass
+            if not self._announced.is_set():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(msg, dict) and msg.get("event") == "listening":
+                    self.port = int(msg["port"])
+                    self._announced.set()
+        self._announced.set()  # EOF: wake the waiter; it sees the exit
+
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> int:
+        assert self.popen is not None
+        self._announced.wait(timeout)
+        if self.port is None:
+            code = self.popen.poll()
+            self.kill()
+            why = (
+                f"exited with code {code}" if code is not None else f"no announce in {timeout:.0f}s"
+            )
+            raise RPCError(
+                f"{self.name} failed to start ({why}); last lines of {self.log_path}:\n"
+                + self.log_tail(),
+                code="RPC_UNAVAILABLE",
+                details={"process": self.name, "log": str(self.log_path)},
+            )
+        return self.port
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+                self.popen.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+            except ProcessLookupError:
+                pass
+        self._close()
+
+    def kill(self) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                self.popen.kill()
+            except ProcessLookupError:
+                pass
+            self.popen.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self.popen is not None and self.popen.stdout is not None:
+            try:
+                self.popen.stdout.close()
+            except OSError:
+                pass
+        if self._log is not None:
+            try:
+                self._log.close()
+            except OSError:
+                pass
+
+
+class LocalCluster:
+    """Lake writer (optional), shards and router as subprocesses; a context manager."""
+
+    def __init__(
+        self,
+        config_path: str | os.PathLike[str],
+        data_dir: str | os.PathLike[str],
+        *,
+        lake: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.data_dir = Path(data_dir).resolve()
+        self.env = {**os.environ, **(env or {})}
+        self.config = config_mod.load(self.config_path, env=self.env)
+        self.vschema = self.config.load_vschema()
+        self.raw = tomllib.loads(self.config_path.read_text(encoding="utf-8"))
+        self.cluster_config = self.data_dir / "cluster.toml"
+        self.want_lake = lake and importlib.util.find_spec("dolake.serve_cli") is not None
+        self.lake_url: str | None = None
+        self.shard_urls: dict[str, str] = {}
+        self.url: str | None = None
+        self._shards: dict[str, _Process] = {}
+        self._shard_ports: dict[str, int] = {}
+        self._lake: _Process | None = None
+        self._router: _Process | None = None
+        self._stopped = False
+        atexit.register(self.stop)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    # ------------------------------------------------------------------ startup
+
+    def _python(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", *args]
+
+    def _write_config(self) -> None:
+        raw = dict(self.raw)
+        vs = self.vschema
+        if self.shard_urls:
+            vs = vs.with_addresses(self.shard_urls)
+        raw["vschema"] = vs.to_dict()
+        lake = dict(raw.get("lake", {}))
+        lake.setdefault("warehouse", str(self.data_dir / "lake" / "warehouse"))
+        lake.setdefault("catalog_uri", f"sqlite:///{self.data_dir / 'lake' / 'catalog.db'}")
+        if not lake.get("warehouse"):
+            lake["warehouse"] = str(self.data_dir / "lake" / "warehouse")
+        if not lake.get("catalog_uri"):
+            lake["catalog_uri"] = f"sqlite:///{self.data_dir / 'lake' / 'catalog.db'}"
+        if self.lake_url:
+            lake["url"] = self.lake_url
+        lake["port"] = 0
+        raw["lake"] = lake
+        router = dict(raw.get("router", {}))
+        router["port"] = 0
+        raw["router"] = router
+        tmp = self.cluster_config.with_suffix(".toml.tmp")
+        tmp.write_text(to_toml(raw), encoding="utf-8")
+        tmp.replace(self.cluster_config)
+
+    def _start(self) -> None:
+        for sub in ("shards", "logs", "lake"):
+            (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if self.want_lake:
+            self._lake = self._new_lake()
+            self._lake.launch()
+            port = self._lake.wait_ready()
+            self.lake_url = f"ws://127.0.0.1:{port}"
+            self._write_config()
+        for s in self.vschema.shards:
+            self._shards[s.id] = self._new_shard(s.id, 0)
+            self._shards[s.id].launch()
+        for sid, proc in self._shards.items():
+            port = proc.wait_ready()
+            self._shard_ports[sid] = port
+            self.shard_urls[sid] = f"ws://127.0.0.1:{port}"
+        self._write_config()
+        self._router = _Process(
+            "router",
+            self._python(
+                "dosql.router",
+                "--config",
+                str(self.cluster_config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ),
+            self.data_dir / "logs" / "router.log",
+            self.env,
+        )
+        self._router.launch()
+        port = self._router.wait_ready()
+        self.url = f"dosql://127.0.0.1:{port}"
+
+    def _new_lake(self) -> _Process:
+        return _Process(
+            "lake",
+            self._python(
+                "dolake",
+                "serve",
+                "--config",
+                str(self.cluster_config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(getattr(self, "_lake_port", 0)),
+            ),
+            self.data_dir / "logs" / "lake.log",
+            self.env,
+        )
+
+    def _new_shard(self, shard_id: str, port: int) -> _Process:
+        argv = self._python(
+            "dosql.shard",
+            "--id",
+            shard_id,
+            "--db",
+            str(self.data_dir / "shards" / f"{shard_id}.db"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--config",
+            str(self.cluster_config),
+        )
+        if self.lake_url:
+            argv += ["--lake-url", self.lake_url]
+        return _Process(shard_id, argv, self.data_dir / "logs" / f"{shard_id}.log", self.env)
+
+    # ------------------------------------------------------------------ faults
+
+    def _shard(self, shard_id: str) -> _Process:
+        if shard_id not in self._shards:
+            raise KeyError(f"no shard {shard_id!r}; shards: {', '.join(self._shards)}")
+        return self._shards[shard_id]
+
+    def kill_shard(self, shard_id: str) -> None:
+        """SIGKILL one shard (a crash)."""
+        self._shard(shard_id).kill()
+
+    def stop_shard(self, shard_id: str) -> None:
+        """SIGTERM one shard and wait for it to exit."""
+        self._shard(shard_id).stop()
+
+    def start_shard(self, shard_id: str) -> None:
+        """Start a stopped or killed shard again at the same address."""
+        proc = self._shard(shard_id)
+        if proc.alive:
+            return
+        port = self._shard_ports[shard_id]
+        last: Exception | None = None
+        for _ in range(10):  # the port may linger briefly after a kill
+            proc = self._new_shard(shard_id, port)
+            self._shards[shard_id] = proc
+            proc.launch()
+            try:
+                proc.wait_ready()
+                return
+            except RPCError as exc:
+                last = exc
+                time.sleep(0.5)
+        assert last is not None
+        raise last
+
+    def kill_lake(self) -> None:
+        if self._lake is not None:
+            self._lake.kill()
+
+    def start_lake(self) -> None:
+        if self._lake is None or self._lake.alive or not self.lake_url:
+            return
+        self._lake_port = int(self.lake_url.rsplit(":", 1)[1])
+        for _ in range(10):
+            self._lake = self._new_lake()
+            self._lake.launch()
+            try:
+                self._lake.wait_ready()
+                return
+            except RPCError:
+                time.sleep(0.5)
+        raise RPCError(f"lake failed to restart on {self.lake_url}", code="RPC_UNAVAILABLE")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def router_alive(self) -> bool:
+        return self._router is not None and self._router.alive
+
+    def stop(self) -> None:
+        """Stop the router, then the shards, then the lake writer."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._router is not None:
+            self._router.stop()
+        for proc in self._shards.values():
+            if proc.popen is not None and proc.popen.poll() is None:
+                try:
+                    proc.popen.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self._shards.values():
+            proc.stop()
+        if self._lake is not None:
+            self._lake.stop()
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- TOML
+
+
+def _key(k: str) -> str:
+    if k and all(c.isalnum() or c in "_-" for c in k) and k.isascii():
+        return k
+    return json.dumps(k)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if v != v:
+            return "nan"
+        if v in (float("inf"), float("-inf")):
+            return "inf" if v > 0 else "-inf"
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_value(x) for x in v if x is not None) + "]"
+    if isinstance(v, dict):
+        return (
+            "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + "}"
+        )
+    return json.dumps(str(v))
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """A small TOML writer for config-shaped data (tables, scalars, lists, inline tables)."""
+    lines: list[str] = []
+
+    def emit(table: dict[str, Any], path: list[str]) -> None:
+        scalars = [(k, v) for k, v in table.items() if v is not None and not isinstance(v, dict)]
+        tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
+        if path and (scalars or not tables):
+            lines.append("[" + ".".join(_key(p) for p in path) + "]")
+        for k, v in scalars:
+            lines.append(f"{_key(k)} = {_value(v)}")
+        if scalars:
+            lines.append("")
+        for k, v in tables:
+            emit(v, [*path, k])
+
+    emit(data, [])
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""Router metrics (Prometheus), named as in the operations guide.
+
+``dosql_query_duration_ms`` (histogram by plan kind), ``dosql_queries_total``
+(by kind), ``shard_query_scatter_ratio`` (share of reads sent to more than one
+shard), ``shard_latency_p99_ms`` (per shard, last 1000 requests),
+``dosql_errors_total{code}``, ``dosql_active_transactions``,
+``dosql_connection_count``, ``shard_health_score`` (share of shards last seen
+healthy) and the plan cache counters (``dosql_plan_cache_parses_total`` counts
+statements actually parsed: a repeated statement is parsed once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+BUCKETS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class RouterMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.query_duration = Histogram(
+            "dosql_query_duration_ms",
+            "Statement time through the router (ms)",
+            ["kind"],
+            buckets=BUCKETS_MS,
+            registry=r,
+        )
+        self.queries = Counter("dosql_queries", "Statements by plan kind", ["kind"], registry=r)
+        self.errors = Counter("dosql_errors", "Errors returned to clients", ["code"], registry=r)
+        self.scatter_ratio = Gauge(
+            "shard_query_scatter_ratio", "Share of reads sent to more than one shard", registry=r
+        )
+        self.shard_p99 = Gauge(
+            "shard_latency_p99_ms", "p99 shard request latency (last 1000)", ["shard"], registry=r
+        )
+        self.active_tx = Gauge("dosql_active_transactions", "Open client transactions", registry=r)
+        self.connections = Gauge("dosql_connection_count", "Client connections", registry=r)
+        self.health = Gauge("shard_health_score", "Share of shards last seen healthy", registry=r)
+        self.plan_parses = Counter(
+            "dosql_plan_cache_parses", "Statements parsed and planned", registry=r
+        )
+        self.plan_hits = Counter("dosql_plan_cache_hits", "Plan cache hits", registry=r)
+        self.reads = 0
+        self.scatter_reads = 0
+
+    def observe_read(self, n_shards: int) -> None:
+        self.reads += 1
+        if n_shards > 1:
+            self.scatter_reads += 1
+        self.scatter_ratio.set(self.scatter_reads / self.reads)
+
+    def refresh(self, p99: Callable[[], dict[str, float]], healthy: Callable[[], float]) -> None:
+        for shard, value in p99().items():
+            self.shard_p99.labels(shard).set(value)
+        self.health.set(healthy())

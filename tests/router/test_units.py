@@ -1,0 +1,112 @@
+"""Planner and merge units: SQLite ordering, aggregates, plan shapes, refusals."""
+
+from __future__ import annotations
+
+import sqlite3
+from functools import cmp_to_key
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dosql.errors import NotSupportedError, QueryError
+from dosql.router import merge
+from dosql.router.plan import AggSpec
+from dosql.router.planner import plan
+from tests.router.conftest import quickstart_vschema
+
+VS = quickstart_vschema()
+values = st.one_of(
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(alphabet="aAbB z", max_size=3),
+    st.binary(max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(values, max_size=12), st.sampled_from(["BINARY", "NOCASE", "RTRIM"]))
+def test_compare_orders_like_sqlite(vals, collation):
+    con = sqlite3.connect(":memory:")
+    con.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, v COLLATE {collation})")
+    con.executemany("INSERT INTO t (v) VALUES (?)", [(v,) for v in vals])
+    expected = [r[0] for r in con.execute("SELECT v FROM t ORDER BY v, id")]
+    ours = sorted(
+        [r[0] for r in con.execute("SELECT v FROM t ORDER BY id")],
+        key=cmp_to_key(lambda a, b: merge.compare(a, b, collation)),
+    )
+    for a, b in zip(ours, expected, strict=True):
+        assert merge.compare(a, b, collation) == 0
+
+
+def test_unknown_collation_refuses_text_only():
+    assert merge.compare(1, 2, None) == -1
+    with pytest.raises(NotSupportedError):
+        merge.compare("a", "b", None)
+
+
+def test_aggregate_merge_rules():
+    specs = [AggSpec("count", 0), AggSpec("sum", 1), AggSpec("min", 2), AggSpec("avg", 3, hidden=0)]
+    parts = [[0, None, None, None, 0.0, 0], [2, 5, "b", 2.5, 5.0, 2], [1, 2, "a", 2.0, 2.0, 1]]
+    row = merge.merge_aggregates(parts, specs, [None, None, "BINARY", None], 2)
+    assert row == [3, 7, "a", 7.0 / 3]
+    empty = merge.merge_aggregates([[0, None, None, None, 0.0, 0]] * 2, specs, [None] * 4, 2)
+    assert empty == [0, None, None, None]
+    with pytest.raises(QueryError):
+        merge.merge_aggregates([[1, 2**62, None, None, 0.0, 0]] * 2, specs, [None] * 4, 2)
+
+
+def test_limit_semantics():
+    rows = [[i] for i in range(5)]
+    assert merge.apply_limit(rows, 2, 1) == [[1], [2]]
+    assert merge.apply_limit(rows, -1, 3) == [[3], [4]]
+    assert merge.apply_limit(rows, 2, -4) == [[0], [1]]
+    assert merge.as_limit("3", "LIMIT") == 3
+    with pytest.raises(QueryError):
+        merge.as_limit("x", "LIMIT")
+
+
+def test_plan_shapes():
+    p = plan("SELECT * FROM users WHERE tenant_id = ? AND name = ?", VS)
+    assert p.route.kind == "sharded" and len(p.route.conds) == 1
+    p = plan("SELECT name FROM users ORDER BY name DESC LIMIT ? OFFSET ?", VS)
+    assert p.pushed.endswith("ORDER BY name DESC") and "__dosql_k0" in p.pushed
+    assert p.limit.param == 0 and p.offset.param == 1 and p.pushed_params == ()
+    p = plan("INSERT INTO users (name, tenant_id) VALUES ('a', ?), ('b', ?)", VS)
+    assert p.kind == "insert" and [r[3] for r in p.insert_rows] == [(0,), (1,)]
+    assert plan("SELECT * FROM countries", VS).route.kind == "any"
+    assert plan("UPDATE countries SET name = 'x'", VS).route.kind == "all"
+    assert plan("SELECT * FROM system_config", VS).route.shard == "shard-3"
+    assert plan("BEGIN IMMEDIATE", VS).tx_mode == "immediate"
+    p = plan("SELECT * FROM events WHERE event_date >= '2025-01-01'", VS)
+    assert p.route.conds[0].low.const == "2025-01-01"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE users SET tenant_id = 3",
+        "SELECT * FROM users JOIN orders USING (tenant_id)",
+        "WITH x AS (SELECT * FROM users) SELECT * FROM x",
+        "SELECT tenant_id FROM users UNION SELECT tenant_id FROM orders",
+        "INSERT INTO users SELECT * FROM orders",
+        "CREATE TEMP TABLE t (a)",
+        "ALTER TABLE users RENAME TO people",
+        "ALTER TABLE users DROP COLUMN tenant_id",
+        "CREATE VIEW v AS SELECT 1",
+        "SELECT * FROM users WHERE tenant_id = @t",
+    ],
+)
+def test_refusals_have_reasons(sql):
+    with pytest.raises(NotSupportedError) as info:
+        plan(sql, VS)
+    assert len(info.value.message) > 15
+
+
+def test_syntax_errors_are_typed():
+    with pytest.raises(QueryError) as info:
+        plan("SELEC * FROM users", VS)
+    assert info.value.code == "SYNTAX_ERROR"
+    with pytest.raises(QueryError):
+        plan("SELECT 1; SELECT 2", VS)
