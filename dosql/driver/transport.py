@@ -16,10 +16,13 @@ reopened.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import logging
+import sys
 import uuid
+import weakref
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -69,6 +72,7 @@ class Transport:
         self.active: ResultStream | None = None  # the stream whose chunks are still coming
         self._ids = itertools.count(1)
         self._ws = self._open(token)
+        _OPEN.add(self)
 
     def _open(self, token: str | None) -> ClientConnection:
         headers = {"Authorization": f"Bearer {token}"} if token else None
@@ -174,8 +178,14 @@ class Transport:
         _checked(self.receive(ping.id, timeout=timeout))
 
     def close(self) -> None:
+        _OPEN.discard(self)
         try:
-            self._ws.close()
+            if sys.is_finalizing():
+                # The websockets reader thread is a daemon and may be frozen by now:
+                # a closing handshake would wait on it forever. Drop the socket.
+                self._ws.socket.close()
+            else:
+                self._ws.close()
         except Exception:  # closing must not fail: the socket may already be gone
             log.debug("close failed", exc_info=True)
         if self.broken is None:
@@ -319,3 +329,15 @@ def _refused(url: str, exc: InvalidStatus) -> Error:
     )
     refused.__cause__ = err
     return refused
+
+
+# Connections still open at interpreter exit are closed while the websockets
+# reader threads still run (atexit comes before daemon threads are frozen), so a
+# program that forgets close() exits promptly instead of hanging.
+_OPEN: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_transports() -> None:
+    for transport in list(_OPEN):
+        transport.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,3 +107,17 @@ def test_dosql_sql_through_the_router(cluster_url: str) -> None:
     done = dosql_sql("--url", cluster_url, "SELECT id FROM sessions WHERE tenant_id = 7")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["id", "--", " 7", "(1 row)"]
+
+
+def test_program_that_never_closes_its_connection_exits_promptly(cluster_url: str) -> None:
+    """A forgotten close() must not hang interpreter exit (websockets' reader is a daemon)."""
+    code = (
+        "import sys, dosql\n"
+        "c = dosql.connect(sys.argv[1])\n"
+        "cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall())\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, cluster_url], capture_output=True, text=True, timeout=30
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[(1,)]"
