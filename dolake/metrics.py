@@ -1,0 +1,57 @@
+"""Prometheus metrics of the lake writer (names from the operations guide)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.buffer_bytes = Gauge(
+            "dolake_buffer_size_bytes", "CDC bytes buffered, not yet committed", registry=r
+        )
+        self.buffer_events = Gauge(
+            "dolake_buffer_event_count", "CDC events buffered, not yet committed", registry=r
+        )
+        self.flush_duration = Histogram(
+            "dolake_flush_duration_ms",
+            "Duration of one flush (all tables) in milliseconds",
+            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            registry=r,
+        )
+        self.parquet_file_size = Histogram(
+            "dolake_parquet_file_size",
+            "Size of the Parquet data files written, in bytes",
+            buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
+            registry=r,
+        )
+        self.connected = Gauge(
+            "dolake_connected_sources", "Shards connected on the CDC port", registry=r
+        )
+        self.snapshot_lag = Gauge(
+            "dolake_snapshot_lag_ms", "Milliseconds since the last Iceberg commit", registry=r
+        )
+        self.source_lag_lsn = Gauge(
+            "dolake_source_lag_lsn",
+            "Received minus committed LSN, per source shard",
+            ["shard"],
+            registry=r,
+        )
+        self.source_lag_ms = Gauge(
+            "dolake_source_lag_ms",
+            "Age of the oldest uncommitted change, per source shard",
+            ["shard"],
+            registry=r,
+        )
+        self.nacks = Counter(
+            "dolake_batch_nacks", "Batches refused, by reason", ["reason"], registry=r
+        )
+        self.events = Counter("dolake_cdc_events", "CDC events accepted", registry=r)
+        self.flush_errors = Counter(
+            "dolake_flush_errors", "Table flushes that failed (changes kept)", registry=r
+        )
+        self.cdc_errors = Counter(
+            "dolake_cdc_errors", "Bad CDC input refused with a typed error", ["code"], registry=r
+        )

@@ -1,0 +1,390 @@
+"""The lake writer process: CDC ingest, flush scheduling, Flush requests, status.
+
+One trio event loop serves every connection; all pyiceberg/pyarrow work runs
+in a worker thread (one flush at a time, under ``flush_lock``), so batches
+keep being acknowledged (or refused with ``buffer_full``) while a flush runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from websockets.exceptions import ConnectionClosed
+from websockets.trio.server import ServerConnection
+
+from dolake.buffer import Buffers
+from dolake.catalog import catalog_properties, open_catalog
+from dolake.ingest import Session
+from dolake.metrics import Metrics
+from dolake.writer import TableFlush, Writer
+from dosql import protocol
+from dosql.config import Config
+from dosql.errors import AuthorizationError, DoSQLError, StorageError, ValidationError
+from dosql.service import Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """What the lake knows of one shard's stream."""
+
+    shard: str
+    committed: int = 0  # every change <= this is in the lake (both sides of every table)
+    received: int = 0  # highest LSN buffered (or committed)
+    session: Session | None = None
+    last_batch_at: float | None = None
+    oldest_pending_at: float | None = None
+    current_lsn: int = 0
+    oldest_lsn: int = 0
+
+
+class LakeServer:
+    def __init__(self, config: Config, data_dir: str | Path) -> None:
+        self.full_config = config
+        self.config = config.lake
+        self.data_dir = Path(data_dir)
+        self.metrics = Metrics()
+        self.buffers = Buffers()
+        self.sources: dict[str, Source] = {}
+        self.flush_lock = trio.Lock()
+        self.flush_wanted = trio.Event()
+        self.last_flush: dict[str, Any] = {}
+        self.table_errors: dict[str, str] = {}
+        self.last_commit_at: float | None = None
+        # buffer_full triggers a flush at once: retry about when it should be done
+        self.retry_after_ms = max(20, min(250, config.lake.flush_interval_ms // 10))
+        self.known_shards: set[str] | None = None
+        reference: dict[str, str] = {}
+        try:
+            vs = config.load_vschema()
+            self.known_shards = set(vs.shard_ids)
+            for name, table in vs.tables.items():
+                if table.kind == "reference" and vs.shard_ids:
+                    reference[name.lower()] = vs.shard_ids[0]
+        except Exception as exc:  # no VSchema: any shard may connect, no reference tables
+            log.info("no VSchema loaded", extra={"reason": str(exc)})
+        catalog = open_catalog(config.lake, data_dir)
+        self.writer = Writer(
+            catalog,
+            namespace=config.lake.namespace,
+            row_group_size=config.lake.parquet_row_group_size,
+            reference_tables=reference,
+        )
+        for shard, lsn in self.writer.committed().items():
+            self.sources[shard] = Source(shard, committed=lsn, received=lsn)
+        for lt in self.writer.tables.values():
+            if lt.committed_at and (self.last_commit_at or 0) < lt.committed_at:
+                self.last_commit_at = lt.committed_at
+        self.service = Service(
+            "lake",
+            tokens=config.tokens,
+            registry=self.metrics.registry,
+            status=self.status,
+            deep_health=self.deep_health,
+            ws_paths=("/", "/cdc"),
+        )
+
+    # ------------------------------------------------------------------ sessions
+
+    async def attach(self, session: Session, hello: protocol.CDCHello) -> Source:
+        source = self.sources.setdefault(hello.shard, Source(hello.shard))
+        old = source.session
+        if old is not None and old is not session:
+            log.warning("shard reconnected; closing its previous session", extra=_x(hello.shard))
+            old.closed = True
+            with trio.move_on_after(1):
+                await old.conn.aclose()
+        source.session = session
+        source.current_lsn, source.oldest_lsn = hello.current_lsn, hello.oldest_lsn
+        self.update_gauges()
+        log.info("shard connected", extra={**_x(hello.shard), "committed_lsn": source.committed})
+        return source
+
+    def detach(self, session: Session) -> None:
+        if session.shard and self.sources.get(session.shard):
+            source = self.sources[session.shard]
+            if source.session is session:
+                source.session = None
+                log.info("shard disconnected", extra=_x(session.shard))
+        self.update_gauges()
+
+    # ------------------------------------------------------------------ flushing
+
+    def buffer_full(self) -> bool:
+        used = self.buffers.bytes + self.buffers.in_flight
+        return used > 0 and used >= self.config.max_buffer_size
+
+    def request_flush(self) -> None:
+        self.flush_wanted.set()
+
+    async def flush_loop(self) -> None:
+        interval = self.config.flush_interval_ms / 1000
+        while True:
+            with trio.move_on_after(interval):
+                await self.flush_wanted.wait()
+            self.flush_wanted = trio.Event()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("flush failed")
+                await trio.sleep(min(interval, 1))
+
+    async def flush(self, table: str | None = None) -> dict[str, Any]:
+        """Commit what is buffered (one table or all); returns snapshots and watermarks."""
+        async with self.flush_lock:
+            start = time.perf_counter()
+            cut = {s.shard: s.received for s in self.sources.values()}
+            taken = self.buffers.take(table.lower() if table else None)
+            results: dict[str, TableFlush] = {}
+            try:
+                for name, entries in taken.items():
+                    try:
+                        res = await trio.to_thread.run_sync(
+                            self.writer.flush_table, name, entries, cut
+                        )
+                        self.table_errors.pop(name, None)
+                    except Exception as exc:
+                        log.exception("table flush failed; changes kept", extra={"table": name})
+                        self.metrics.flush_errors.inc()
+                        self.table_errors[name] = f"{type(exc).__name__}: {exc}"
+                        self.buffers.restore(name, entries)
+                        res = TableFlush(name, error=self.table_errors[name])
+                    results[name] = res
+                    for _ in range(res.files_written):
+                        self.metrics.parquet_file_size.observe(
+                            res.bytes_written / max(res.files_written, 1)
+                        )
+            finally:
+                self.buffers.done(taken)
+            committed = await self._advance(cut)
+            elapsed = (time.perf_counter() - start) * 1000
+            if taken:
+                self.metrics.flush_duration.observe(elapsed)
+                if any(r.error is None for r in results.values()):
+                    self.last_commit_at = time.time()
+            self.update_gauges()
+            info = {
+                "tables": {
+                    n: {
+                        "mirror_snapshot": r.mirror_snapshot,
+                        "changelog_snapshot": r.changelog_snapshot,
+                        "changelog_rows": r.changelog_rows,
+                        "mirror_upserts": r.mirror_upserts,
+                        "mirror_deletes": r.mirror_deletes,
+                        "files_rewritten": r.files_rewritten,
+                        "files_written": r.files_written,
+                        "error": r.error,
+                    }
+                    for n, r in results.items()
+                },
+                "watermarks": committed,
+                "duration_ms": round(elapsed, 1),
+            }
+            if taken:
+                self.last_flush = {"at": time.time(), **info}
+            errors = {n: r.error for n, r in results.items() if r.error}
+            if errors:
+                info["errors"] = errors
+            return info
+
+    async def _advance(self, cut: dict[str, int]) -> dict[str, int]:
+        """Move each shard's committed watermark to just below its oldest
+        still-buffered change, persist, and announce it to the shard."""
+        moved: dict[str, int] = {}
+        for shard, source in self.sources.items():
+            low = self.buffers.min_lsn(shard)
+            mark = min(source.received, low - 1) if low is not None else source.received
+            if mark > source.committed:
+                source.committed = mark
+                moved[shard] = mark
+            if low is None:
+                source.oldest_pending_at = None
+        if moved:
+            await trio.to_thread.run_sync(self.writer.save_committed, moved)
+            for shard in moved:
+                session = self.sources[shard].session
+                if session is not None:
+                    with trio.move_on_after(5):  # a peer that does not read never stalls flushes
+                        await session.announce(self.sources[shard].committed)
+        return {s.shard: s.committed for s in self.sources.values()}
+
+    # ------------------------------------------------------------------ "/" protocol
+
+    async def handler(self, conn: ServerConnection) -> None:
+        if getattr(conn, "path", "/").startswith("/cdc"):
+            if getattr(conn, "scope", "admin") != "admin":
+                await conn.send(
+                    protocol.encode(
+                        protocol.Error.from_exception(
+                            None,
+                            AuthorizationError(
+                                "the CDC port needs an admin token", code="PERMISSION_DENIED"
+                            ),
+                        )
+                    )
+                )
+                await conn.aclose()
+                return
+            await Session(self, conn).run()
+            return
+        await self.control(conn)
+
+    async def control(self, conn: ServerConnection) -> None:
+        try:
+            async for frame in conn:
+                try:
+                    msg = protocol.decode(frame)
+                except ValidationError as exc:
+                    await conn.send(protocol.encode(protocol.Error.from_exception(None, exc)))
+                    continue
+                try:
+                    reply = await self.request(conn, msg)
+                except DoSQLError as exc:
+                    reply = protocol.Error.from_exception(getattr(msg, "id", None), exc)
+                except Exception as exc:  # e.g. the catalog is unreachable
+                    log.exception("request failed")
+                    reply = protocol.Error.from_exception(
+                        getattr(msg, "id", None),
+                        StorageError(f"lake writer failed: {type(exc).__name__}: {exc}"),
+                    )
+                await conn.send(protocol.encode(reply))
+        except ConnectionClosed:
+            pass
+
+    async def request(self, conn: ServerConnection, msg: Any) -> protocol.Message:
+        if isinstance(msg, protocol.Ping):
+            return protocol.Ok(id=msg.id)
+        if isinstance(msg, protocol.Flush):
+            if getattr(conn, "scope", "admin") != "admin":
+                raise AuthorizationError("flush needs an admin token", code="PERMISSION_DENIED")
+            if not msg.wait:
+                self.request_flush()
+                return protocol.Ok(id=msg.id, info={"requested": True})
+            info = await self.flush(msg.table)
+            return protocol.Ok(id=msg.id, info=_plain(info))
+        raise ValidationError(
+            f"{type(msg).__name__} is not served by the lake writer; send flush or ping",
+            code="INVALID_MESSAGE",
+        )
+
+    # ------------------------------------------------------------------ observability
+
+    def update_gauges(self) -> None:
+        m = self.metrics
+        m.buffer_bytes.set(self.buffers.bytes + self.buffers.in_flight)
+        m.buffer_events.set(self.buffers.events)
+        m.connected.set(sum(1 for s in self.sources.values() if s.session is not None))
+        now = time.time()
+        if self.last_commit_at is not None:
+            m.snapshot_lag.set((now - self.last_commit_at) * 1000)
+        for s in self.sources.values():
+            m.source_lag_lsn.labels(s.shard).set(s.received - s.committed)
+            lag = (now - s.oldest_pending_at) * 1000 if s.oldest_pending_at else 0
+            m.source_lag_ms.labels(s.shard).set(lag)
+
+    def status(self) -> dict[str, Any]:
+        self.update_gauges()
+        tables = {}
+        for name, lt in self.writer.tables.items():
+            ms = lt.mirror.current_snapshot() if lt.mirror else None
+            cs = lt.changelog.current_snapshot() if lt.changelog else None
+            tables[name] = {
+                "mirror_snapshot": ms.snapshot_id if ms else None,
+                "changelog_snapshot": cs.snapshot_id if cs else None,
+                "mirror_watermarks": lt.mirror_wm,
+                "changelog_watermarks": lt.changelog_wm,
+                "committed_at": lt.committed_at,
+                "error": self.table_errors.get(name),
+            }
+        props = catalog_properties(self.config, self.data_dir)
+        return {
+            "status": "degraded" if self.table_errors else "ok",
+            "catalog": {"name": self.config.catalog_name, "uri": props["uri"]},
+            "warehouse": props["warehouse"],
+            "namespace": self.config.namespace,
+            # reference table -> the shard whose changes feed its mirror
+            "reference_tables": dict(self.writer.reference_tables),
+            "sources": {
+                s.shard: {
+                    "connected": s.session is not None,
+                    "committed_lsn": s.committed,
+                    "received_lsn": s.received,
+                    "current_lsn": s.current_lsn,
+                    "oldest_lsn": s.oldest_lsn,
+                    "last_batch_at": s.last_batch_at,
+                }
+                for s in self.sources.values()
+            },
+            "buffers": {
+                "tables": self.buffers.status(),
+                "bytes": self.buffers.bytes,
+                "in_flight_bytes": self.buffers.in_flight,
+                "events": self.buffers.events,
+                "max_bytes": self.config.max_buffer_size,
+            },
+            "tables": tables,
+            "errors": dict(self.table_errors),
+            "last_flush": self.last_flush,
+        }
+
+    async def deep_health(self) -> dict[str, Any]:
+        try:
+            with trio.fail_after(10):
+                await trio.to_thread.run_sync(self.writer.ping)
+        except Exception as exc:
+            return {"status": "error", "catalog": f"unreachable: {exc}"}
+        return {"status": "ok", "catalog": "ok"}
+
+    # ------------------------------------------------------------------ run
+
+    async def stop_on_signal(self, scope: trio.CancelScope) -> None:
+        """SIGTERM/SIGINT: commit what is buffered (bounded wait), then exit.
+        Nothing depends on it -- shards keep every uncommitted change -- it
+        only saves them a resend."""
+        import signal
+
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("shutting down", extra={"signal": signal.Signals(signum).name})
+                with trio.move_on_after(30):
+                    try:
+                        await self.flush()
+                    except Exception:
+                        log.exception("final flush failed")
+                scope.cancel()
+                return
+
+    async def serve(self, host: str, port: int) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.flush_loop)
+            nursery.start_soon(self.stop_on_signal, nursery.cancel_scope)
+            await nursery.start(
+                lambda task_status: self.service.serve(
+                    self.handler,
+                    host,
+                    port,
+                    max_size=256 * 1024 * 1024,
+                    task_status=task_status,
+                )
+            )
+
+
+def _x(shard: str) -> dict[str, str]:
+    return {"shard": shard}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

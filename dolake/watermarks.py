@@ -1,0 +1,39 @@
+"""Where the lake's watermarks live, so a restarted writer knows what it has.
+
+- Per table, per side (mirror, change log): the snapshot summary of the
+  table's current snapshot, ``dosql.watermark.<shard> = <lsn>``: every change
+  of that shard up to that LSN concerning the table is in that Iceberg table.
+  Used to skip what a table already has when a shard resends (exactly once).
+- Per shard, globally: the namespace property ``dosql.committed.<shard>``,
+  written after a flush has committed both sides of every table it touched:
+  every change of the shard up to there is in the lake. This is what
+  ``CDCWelcome`` returns and ``Committed`` announces (the shard may purge).
+"""
+
+from __future__ import annotations
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.table import Table
+
+PREFIX = "dosql.watermark."
+COMMITTED = "dosql.committed."
+
+
+def of_table(table: Table) -> dict[str, int]:
+    snap = table.current_snapshot()
+    if snap is None or snap.summary is None:
+        return {}
+    props = snap.summary.additional_properties
+    return {k[len(PREFIX) :]: int(v) for k, v in props.items() if k.startswith(PREFIX)}
+
+
+def load_committed(catalog: Catalog, namespace: str) -> dict[str, int]:
+    props = catalog.load_namespace_properties(namespace)
+    return {k[len(COMMITTED) :]: int(v) for k, v in props.items() if k.startswith(COMMITTED)}
+
+
+def save_committed(catalog: Catalog, namespace: str, marks: dict[str, int]) -> None:
+    if marks:
+        catalog.update_namespace_properties(
+            namespace, updates={f"{COMMITTED}{s}": str(v) for s, v in marks.items()}
+        )
