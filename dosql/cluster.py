@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from dosql import config as config_mod
 from dosql.errors import RPCError
+from vschema.tomlw import dumps as to_toml
 
 START_TIMEOUT_S = float(os.environ.get("DOSQL_START_TIMEOUT_S", "90"))
 STOP_TIMEOUT_S = 10.0
@@ -339,6 +340,28 @@ class LocalCluster:
                 time.sleep(0.5)
         raise RPCError(f"lake failed to restart on {self.lake_url}", code="RPC_UNAVAILABLE")
 
+    # ------------------------------------------------------------------ lake
+
+    def shard_lsns(self) -> dict[str, int]:
+        """Each shard's current LSN: everything it has committed so far."""
+        return {sid: _current_lsn(url, self._admin_token()) for sid, url in self.shard_urls.items()}
+
+    def sync_lake(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Flush into Iceberg everything the shards have committed so far, and wait.
+
+        Returns the lake writer's flush reply (snapshots and watermarks).
+        """
+        if not self.lake_url:
+            raise RPCError("this cluster runs without a lake writer", code="RPC_UNAVAILABLE")
+        from dolake.flush_cli import flush_through
+
+        return flush_through(
+            self.lake_url, self.shard_lsns(), token=self._admin_token(), timeout=timeout
+        )
+
+    def _admin_token(self) -> str | None:
+        return next((t.token for t in self.config.tokens if t.scope == "admin"), None)
+
     # ------------------------------------------------------------------ lifecycle
 
     @property
@@ -371,52 +394,17 @@ class LocalCluster:
         self.stop()
 
 
-# --------------------------------------------------------------------------- TOML
+def _current_lsn(url: str, token: str | None) -> int:
+    from websockets.sync.client import connect
 
+    from dosql import protocol
 
-def _key(k: str) -> str:
-    if k and all(c.isalnum() or c in "_-" for c in k) and k.isascii():
-        return k
-    return json.dumps(k)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, float):
-        if v != v:
-            return "nan"
-        if v in (float("inf"), float("-inf")):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_value(x) for x in v if x is not None) + "]"
-    if isinstance(v, dict):
-        return (
-            "{" + ", ".join(f"{_key(k)} = {_value(x)}" for k, x in v.items() if x is not None) + "}"
-        )
-    return json.dumps(str(v))
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """A small TOML writer for config-shaped data (tables, scalars, lists, inline tables)."""
-    lines: list[str] = []
-
-    def emit(table: dict[str, Any], path: list[str]) -> None:
-        scalars = [(k, v) for k, v in table.items() if v is not None and not isinstance(v, dict)]
-        tables = [(k, v) for k, v in table.items() if isinstance(v, dict)]
-        if path and (scalars or not tables):
-            lines.append("[" + ".".join(_key(p) for p in path) + "]")
-        for k, v in scalars:
-            lines.append(f"{_key(k)} = {_value(v)}")
-        if scalars:
-            lines.append("")
-        for k, v in tables:
-            emit(v, [*path, k])
-
-    emit(data, [])
-    return "\n".join(lines) + "\n"
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        ws.send(protocol.encode(protocol.LsnInfo(id=1)))
+        reply = protocol.decode(ws.recv(timeout=10))
+    if isinstance(reply, protocol.Error):
+        raise reply.to_exception()
+    if not isinstance(reply, protocol.Ok):
+        raise RPCError(f"unexpected reply {type(reply).__name__} to LsnInfo from {url}")
+    return int(reply.info["current_lsn"])
