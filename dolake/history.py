@@ -706,7 +706,7 @@ def history(catalog: Catalog, namespace: str, table: str) -> pa.Table:
     for snap in _chain(mirror):
         marks = _marks(snap)
         summary = snap.summary
-        total = summary.additional_properties.get("total-records") if summary else None
+        total = _live_records(summary.additional_properties) if summary else None
         newest = log.max_ts_through(marks)
         rows.append(
             {
@@ -722,6 +722,16 @@ def history(catalog: Catalog, namespace: str, table: str) -> pa.Table:
             }
         )
     return pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA)
+
+
+def _live_records(props: Mapping[str, str]) -> int | None:
+    """Rows of a snapshot: data file records minus position deletes (merge-on-read
+    commits add delete files, so ``total-records`` alone over-counts). Unknown
+    (None) when equality deletes are present: they cannot be counted from the summary."""
+    total = props.get("total-records")
+    if total is None or int(props.get("total-equality-deletes", 0) or 0):
+        return None
+    return int(total) - int(props.get("total-position-deletes", 0) or 0)
 
 
 def history_rows(
