@@ -22,6 +22,8 @@ from dolake.buffer import Buffers
 from dolake.catalog import catalog_properties, open_catalog
 from dolake.ingest import Session
 from dolake.metrics import Metrics
+from dolake.subscribe import PATH as SUBSCRIBE_PATH
+from dolake.subscribe import SubscribeContext, handle_subscriber
 from dolake.writer import TableFlush, Writer
 from dosql import protocol
 from dosql.config import Config
@@ -76,9 +78,11 @@ class LakeServer:
             namespace=config.lake.namespace,
             row_group_size=config.lake.parquet_row_group_size,
             reference_tables=reference,
+            index_dir=self.data_dir / "lake" / "mirror_index",
         )
         for shard, lsn in self.writer.committed().items():
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
+        self.subscribe_ctx = SubscribeContext.from_config(config, data_dir)
         for lt in self.writer.tables.values():
             if lt.committed_at and (self.last_commit_at or 0) < lt.committed_at:
                 self.last_commit_at = lt.committed_at
@@ -88,7 +92,7 @@ class LakeServer:
             registry=self.metrics.registry,
             status=self.status,
             deep_health=self.deep_health,
-            ws_paths=("/", "/cdc"),
+            ws_paths=("/", "/cdc", SUBSCRIBE_PATH),
         )
 
     # ------------------------------------------------------------------ sessions
@@ -126,10 +130,13 @@ class LakeServer:
 
     async def flush_loop(self) -> None:
         interval = self.config.flush_interval_ms / 1000
+        next_at = trio.current_time() + interval
         while True:
-            with trio.move_on_after(interval):
+            with trio.move_on_at(next_at):
                 await self.flush_wanted.wait()
             self.flush_wanted = trio.Event()
+            # start to start: a flush that takes a while does not stretch the period
+            next_at = trio.current_time() + interval
             try:
                 await self.flush()
             except Exception:
@@ -218,6 +225,9 @@ class LakeServer:
     # ------------------------------------------------------------------ "/" protocol
 
     async def handler(self, conn: ServerConnection) -> None:
+        if getattr(conn, "path", "/") == SUBSCRIBE_PATH:  # before /cdc: it needs read scope only
+            await handle_subscriber(conn, ctx=self.subscribe_ctx)
+            return
         if getattr(conn, "path", "/").startswith("/cdc"):
             if getattr(conn, "scope", "admin") != "admin":
                 await conn.send(

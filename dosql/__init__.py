@@ -49,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from dosql.cluster import LocalCluster
 
         return LocalCluster
+    if name in ("subscribe", "subscribe_async"):
+        from dosql import changefeed
+
+        return getattr(changefeed, name)
     if name in _DRIVER_NAMES:
         from dosql import driver
 

@@ -163,6 +163,8 @@ CODES: dict[str, type[DoSQLError]] = {
     "UNKNOWN_SOURCE": CDCError,
     "BUFFER_FULL": CDCError,
     "LAKE_BEHIND": CDCError,
+    "SUBSCRIBER_TOO_SLOW": CDCError,
+    "HISTORY_UNAVAILABLE": CDCError,
 }
 
 _BY_NAME: dict[str, type[DoSQLError]] = {

@@ -1,0 +1,488 @@
+"""One subscriber: parse its request, pull each shard's change log, send JSON events.
+
+Tasks of a session (one trio nursery):
+
+- one **follower per shard** pulls the shard's change log (``ReadChanges``
+  from its position + 1) and turns changes into events; when the shard no
+  longer retains the next LSN the changes come from the lake
+  (:mod:`dolake.subscribe.history`) up to the lake's committed watermark,
+  then the follower continues on the shard's log from there;
+- the **sender** writes queued events to the WebSocket. The queue is bounded
+  (``Limits.queue_size``): when the subscriber reads slowly the followers
+  block on it and stop pulling, so the shard's retained log (and the lake)
+  is the buffer, not this process's memory;
+- the **monitor** compares what was sent with each shard's head; a
+  subscriber more than ``max_lag`` changes behind for ``grace_s`` seconds is
+  sent ``SUBSCRIBER_TOO_SLOW`` (with the position it can resume from) and
+  disconnected -- never silently skipped;
+- a **heartbeat** carries the current position every ``heartbeat_s``.
+
+Order: per shard, events are queued strictly in LSN order; ``position`` on
+every event is the per-shard vector at that point, so resuming from it
+yields exactly what follows. A transaction's changes are contiguous in its
+shard's LSN order, so its commit marker is queued as soon as the next change
+has another txid, or the follower has read to the end of the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import trio
+from websockets.exceptions import ConnectionClosed
+
+from dolake.subscribe import events, history, position, request
+from dolake.subscribe.context import SubscribeContext
+from dolake.subscribe.request import Subscription
+from dolake.subscribe.shardlink import ShardLink
+from dosql import protocol
+from dosql.errors import AuthorizationError, CDCError, DoSQLError, NotFoundError
+
+log = logging.getLogger(__name__)
+
+CLOSE_POLICY = 1008  # bad request, too slow
+CLOSE_ERROR = 1011  # the server could not continue (shard or lake unavailable)
+ERROR_SEND_TIMEOUT_S = 10.0
+
+_USER_TABLES = (
+    r"SELECT name FROM sqlite_master WHERE type = 'table' "
+    r"AND name NOT LIKE '\_dosql\_%' ESCAPE '\' AND name NOT LIKE 'sqlite\_%' ESCAPE '\'"
+)
+_COLUMNS = 'SELECT name, type, "notnull", pk FROM pragma_table_info(?) ORDER BY cid'
+_FIRST_AT = (
+    "SELECT min(c.lsn) FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid "
+    "WHERE t.commit_ts >= ?"
+)
+_SEQ = "SELECT seq FROM sqlite_sequence WHERE name = '_dosql_changes'"
+
+
+async def handle_subscriber(ws: Any, *, ctx: SubscribeContext) -> None:
+    """Serve one ``/cdc/subscribe`` WebSocket connection until either side ends it."""
+    await Session(ws, ctx).run()
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class Session:
+    def __init__(self, ws: Any, ctx: SubscribeContext) -> None:
+        self.ws = ws
+        self.ctx = ctx
+        self.limits = ctx.limits
+        self.links: dict[str, ShardLink] = {}
+        self.vector: dict[str, int] = {}  # what has been queued (or skipped) per shard
+        self.sent: dict[str, int] = {}  # what the sender has written per shard
+        self.send_ch, self.recv_ch = trio.open_memory_channel[Any](self.limits.queue_size)
+        self.pending: dict[str, list[int]] = {}  # shard -> [txid, commit_ts, events]
+        self.schema_seen: set[str] = set()
+        self.fatal: DoSQLError | None = None
+        self.sending = False
+        self.live = False  # heartbeats start once a snapshot (if any) is complete
+        self.producers: trio.CancelScope | None = None
+        self.outer: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        scope = getattr(self.ws, "scope", "admin")
+        try:
+            if scope not in ("read", "admin"):
+                raise AuthorizationError("subscribing needs a read token", code="PERMISSION_DENIED")
+            try:
+                with trio.fail_after(self.limits.hello_timeout_s):
+                    frame = await self.ws.recv()
+            except trio.TooSlowError:
+                raise request.invalid(
+                    "no subscribe message received: send one JSON object such as " + request.EXAMPLE
+                ) from None
+            sub = request.parse(frame)
+            async with AsyncExitStack() as stack:
+                for sid, url in self.ctx.shards().items():
+                    link = ShardLink(sid, url, self.ctx.token)
+                    await link.open(stack)
+                    self.links[sid] = link
+                await self.check_tables(sub)
+                if not sub.snapshot:
+                    self.vector = await self.resolve_start(sub)
+                self.sent = dict(self.vector)
+                await self.stream(sub)
+        except ConnectionClosed:
+            return
+        except DoSQLError as exc:
+            await self.send_error(exc)
+        except Exception as exc:  # never leave a subscriber without a reason
+            log.exception("subscriber session failed")
+            await self.send_error(DoSQLError(f"internal error: {exc}", code="INTERNAL"))
+
+    async def stream(self, sub: Subscription) -> None:
+        async with trio.open_nursery() as outer:
+            self.outer = outer
+            outer.start_soon(self.sender, outer.cancel_scope)
+            outer.start_soon(self.watch_client, outer.cancel_scope)
+            with trio.CancelScope() as producers:
+                self.producers = producers
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(self.guarded, self.produce, sub)
+                    inner.start_soon(self.guarded, self.monitor)
+                    inner.start_soon(self.guarded, self.heartbeat)
+
+    async def guarded(self, fn: Any, *args: Any) -> None:
+        try:
+            await fn(*args)
+        except DoSQLError as exc:
+            await self.abort(exc)
+        except Exception as exc:
+            log.exception("subscriber task failed")
+            await self.abort(DoSQLError(f"internal error: {exc}", code="INTERNAL"))
+
+    async def abort(self, exc: DoSQLError) -> None:
+        """Stop producing; the sender sends the error event after its current frame."""
+        if self.fatal is None:
+            self.fatal = exc
+            log.info("subscriber stopped", extra={"code": exc.code, "reason": exc.message})
+        if self.producers is not None:
+            self.producers.cancel()
+        try:
+            self.send_ch.send_nowait(None)  # wake an idle sender
+        except trio.WouldBlock:
+            pass  # the sender is busy and checks `fatal` after its frame
+        if self.outer is not None:
+            outer = self.outer
+
+            async def last_resort() -> None:
+                await trio.sleep(ERROR_SEND_TIMEOUT_S)
+                outer.cancel_scope.cancel()
+
+            outer.start_soon(last_resort)
+
+    async def sender(self, done: trio.CancelScope) -> None:
+        try:
+            while True:
+                item = await self.recv_ch.receive()
+                if item is not None and self.fatal is None:
+                    text, vector = item
+                    self.sending = True
+                    await self.ws.send(text)
+                    self.sending = False
+                    self.sent = vector
+                if self.fatal is not None:
+                    await self.send_error(self.fatal)
+                    return
+        except ConnectionClosed:
+            return
+        finally:
+            done.cancel()
+
+    async def watch_client(self, done: trio.CancelScope) -> None:
+        """Anything the client sends after subscribing is ignored; its close ends the session."""
+        try:
+            async for _ in self.ws:
+                pass
+        except ConnectionClosed:
+            pass
+        done.cancel()
+
+    async def send_error(self, exc: DoSQLError) -> None:
+        close = CLOSE_POLICY
+        if exc.code in ("SHARD_UNAVAILABLE", "INTERNAL", "HISTORY_UNAVAILABLE"):
+            close = CLOSE_ERROR
+        pos = position.encode(self.sent) if self.sent else None
+        event = events.error_event(exc.code, exc.message, pos)
+        with trio.move_on_after(ERROR_SEND_TIMEOUT_S):
+            try:
+                await self.ws.send(events.dumps(event))
+                await self.ws.aclose(close, exc.code)
+            except ConnectionClosed:
+                pass
+
+    async def put(self, event: dict[str, Any]) -> None:
+        await self.send_ch.send((events.dumps(event), dict(self.vector)))
+
+    def pos(self) -> str:
+        return position.encode(self.vector)
+
+    # ------------------------------------------------------------------ setup
+
+    async def check_tables(self, sub: Subscription) -> None:
+        if sub.tables is None:
+            return
+        known: set[str] = set()
+        for link in self.links.values():
+            known |= {r[0].lower() for r in await link.query(_USER_TABLES)}
+        missing = set(sub.tables) - known
+        if missing:
+            try:
+                catalog = await _lake(self.ctx.catalog)
+                known |= set(await _lake(history.tables, catalog, self.ctx.namespace))
+            except Exception as exc:
+                log.info("lake not readable for table check", extra={"error": str(exc)})
+        missing = set(sub.tables) - known
+        if missing:
+            raise NotFoundError(
+                f"unknown table(s): {', '.join(sorted(missing))}; tables: "
+                + (", ".join(sorted(known)) or "(none yet)"),
+                code="TABLE_NOT_FOUND",
+            )
+
+    async def resolve_start(self, sub: Subscription) -> dict[str, int]:
+        start = sub.start
+        heads = {sid: await link.lsn_info() for sid, link in self.links.items()}
+        if start.kind == "latest":
+            return {sid: current for sid, (current, _) in heads.items()}
+        if start.kind == "earliest":
+            return {sid: 0 for sid in heads}
+        if start.kind == "position":
+            unknown = sorted(set(start.vector) - set(heads))
+            if unknown:
+                raise position.bad_position(
+                    f"shard(s) {', '.join(unknown)} are not in this cluster"
+                )
+            vector = {sid: start.vector.get(sid, 0) for sid in heads}
+            for sid, lsn in vector.items():
+                if lsn > heads[sid][0]:
+                    raise position.bad_position(
+                        f"it is ahead of shard {sid} (position {lsn}, shard at {heads[sid][0]})"
+                    )
+            return vector
+        assert start.micros is not None
+        return {sid: await self.lsn_before(sid, start.micros, *heads[sid]) for sid in self.links}
+
+    async def lsn_before(self, sid: str, micros: int, current: int, oldest: int) -> int:
+        """The position just before the first change of ``sid`` committed at or after ``micros``."""
+        rows = await self.links[sid].query(_FIRST_AT, [micros])
+        first = rows[0][0] if rows else None
+        retained = oldest <= current
+        if first is None and retained:
+            return current  # every retained change is older
+        if first is not None and (first > oldest or oldest <= 1):
+            return first - 1
+        catalog = await _lake(self.ctx.catalog)
+        lake_first = await _lake(history.first_lsn_at, catalog, self.ctx.namespace, sid, micros)
+        if lake_first is not None:
+            return lake_first - 1
+        return first - 1 if first is not None else current
+
+    # ------------------------------------------------------------------ producing
+
+    async def produce(self, sub: Subscription) -> None:
+        if sub.snapshot:
+            await self.snapshot(sub)
+            self.sent = dict(self.vector)
+        self.live = True
+        async with trio.open_nursery() as nursery:
+            for sid in self.links:
+                nursery.start_soon(self.guarded, self.follow, sid, sub)
+
+    async def follow(self, sid: str, sub: Subscription) -> None:
+        link = self.links[sid]
+        batch = self.limits.read_batch
+        pos = self.vector[sid]
+        while True:
+            reply = await link.read_changes(pos + 1, batch)
+            got = reply.changes
+            if got and got[0].lsn == pos + 1:
+                for ch in got:
+                    await self.on_change(sid, ch, sub)
+                pos = got[-1].lsn
+                if len(got) < batch:
+                    await self.end_tx(sid)  # the read saw the end of the log
+                continue
+            if not got and reply.oldest_lsn <= pos + 1:
+                await self.end_tx(sid)
+                await trio.sleep(self.limits.poll_s)
+                continue
+            pos = await self.replay(sid, pos, reply.oldest_lsn, sub)
+
+    async def replay(self, sid: str, pos: int, oldest: int, sub: Subscription) -> int:
+        """Serve ``pos + 1 ..`` from the lake: the shard no longer retains it."""
+        try:
+            catalog = await _lake(self.ctx.catalog)
+            committed = await _lake(history.committed, catalog, self.ctx.namespace)
+        except Exception as exc:
+            raise CDCError(
+                f"shard {sid} no longer retains changes after LSN {pos} (its oldest is "
+                f"{oldest}) and the lake cannot be read ({exc})",
+                code="HISTORY_UNAVAILABLE",
+            ) from None
+        upto = committed.get(sid, 0)
+        if upto <= pos:
+            raise CDCError(
+                f"shard {sid} no longer retains changes after LSN {pos} (its oldest is {oldest}) "
+                f"and the lake has committed only through LSN {upto}: start from a later "
+                'position, a later timestamp or "latest"',
+                code="HISTORY_UNAVAILABLE",
+            )
+        skip = frozenset(t for t, owner in self.ctx.reference_tables.items() if owner != sid)
+        changes = await _lake(
+            lambda: history.read(
+                catalog,
+                self.ctx.namespace,
+                sid,
+                after=pos,
+                upto=upto,
+                wanted=sub.tables,
+                skip=skip,
+            )
+        )
+        log.info("replayed from the lake", extra={"shard": sid, "after": pos, "upto": upto})
+        for ch in changes:
+            await self.on_change(sid, ch, sub)
+        self.vector[sid] = max(self.vector[sid], upto)
+        return upto
+
+    async def on_change(self, sid: str, ch: protocol.Change, sub: Subscription) -> None:
+        """Queue the events of one change. ``vector[sid]`` moves to ``ch.lsn`` only right
+        before the change's own event is queued (no await in between), so no event queued
+        meanwhile by another shard's follower carries a position that skips this change."""
+        pending = self.pending.get(sid)
+        if pending is not None and pending[0] != ch.txid:
+            await self.end_tx(sid)
+        name = ch.table.lower()
+        owner = self.ctx.reference_tables.get(name)
+        wanted = sub.wants_table(name) and (owner is None or owner == sid)
+        if wanted and ch.op == "schema" and ch.schema is not None:
+            self.schema_seen.add(name)
+            self.vector[sid] = ch.lsn
+            await self.put(
+                events.schema_event(
+                    sid,
+                    ch.table,
+                    ch.schema,
+                    self.pos(),
+                    lsn=ch.lsn,
+                    txid=ch.txid,
+                    commit_ts=ch.commit_ts,
+                )
+            )
+        elif wanted and ch.op in sub.ops and sub.wants_key(ch.key):
+            if name not in self.schema_seen:
+                await self.first_schema(sid, ch)
+            self.vector[sid] = ch.lsn
+            await self.put(events.row_event(sid, ch, events.OP_LETTER[ch.op], self.pos()))
+        else:
+            self.vector[sid] = ch.lsn  # nothing to deliver
+            return
+        if pending is None or pending[0] != ch.txid:
+            self.pending[sid] = [ch.txid, ch.commit_ts, 0]
+        self.pending[sid][2] += 1
+
+    async def end_tx(self, sid: str) -> None:
+        pending = self.pending.pop(sid, None)
+        if pending is not None:
+            txid, commit_ts, count = pending
+            await self.put(events.commit_event(sid, txid, commit_ts, count, self.pos()))
+
+    async def first_schema(self, sid: str, ch: protocol.Change) -> None:
+        """A table's columns before its first row event (from the shard's current definition)."""
+        self.schema_seen.add(ch.table.lower())
+        rows = await self.links[sid].query(_COLUMNS, [ch.table])
+        schema = self.schema_from(rows, ch.after or ch.before or {})
+        await self.put(events.schema_event(sid, ch.table, schema, self.pos()))
+
+    @staticmethod
+    def schema_from(rows: list[list[Any]], image: dict[str, Any]) -> protocol.TableSchema:
+        if rows:
+            cols = [protocol.ColumnInfo(r[0], r[1] or "", bool(r[2]), int(r[3])) for r in rows]
+        else:  # the table is gone from the shard: name the columns of the image
+            cols = [protocol.ColumnInfo(n, "", False, 0) for n in image]
+        pk = [c.name for c in sorted((c for c in cols if c.pk), key=lambda c: c.pk)]
+        return protocol.TableSchema(action="create", columns=cols, primary_key=pk)
+
+    # ------------------------------------------------------------------ snapshot
+
+    async def snapshot(self, sub: Subscription) -> None:
+        """ "r" events of every wanted table's rows, each shard read in one read transaction
+        whose change-log LSN becomes that shard's starting point (no gap, no duplicate)."""
+        async with AsyncExitStack() as stack:
+            for sid, link in self.links.items():
+                await stack.enter_async_context(link.lock)
+                await link.exchange(protocol.Begin(link.next_id(), "deferred"))
+                stack.push_async_callback(self._end_read, link)
+                seq = await link.exchange(protocol.Execute(link.next_id(), _SEQ))
+                self.vector[sid] = int(seq.rows[0][0]) if seq.rows else 0
+            for sid, link in self.links.items():
+                tables = await link.exchange(protocol.Execute(link.next_id(), _USER_TABLES))
+                for (table,) in tables.rows:
+                    name = table.lower()
+                    owner = self.ctx.reference_tables.get(name)
+                    if not sub.wants_table(name) or (owner is not None and owner != sid):
+                        continue
+                    await self.snapshot_table(sid, link, table, sub)
+
+    @staticmethod
+    async def _end_read(link: ShardLink) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            try:
+                await link.exchange(protocol.Commit(link.next_id()))
+            except DoSQLError:
+                pass
+
+    async def snapshot_table(
+        self, sid: str, link: ShardLink, table: str, sub: Subscription
+    ) -> None:
+        info = await link.exchange(protocol.Execute(link.next_id(), _COLUMNS, [table]))
+        schema = self.schema_from(info.rows, {})
+        if table.lower() not in self.schema_seen:
+            self.schema_seen.add(table.lower())
+            await self.put(events.schema_event(sid, table, schema, self.pos()))
+        pk = schema.primary_key
+        sql = f"SELECT * FROM {_quote(table)}"
+        if not pk:
+            sql = f"SELECT _rowid_ AS __dosql_rowid, * FROM {_quote(table)}"
+        lsn = self.vector[sid]
+        now = int(time.time() * 1_000_000)
+        async for columns, rows in link.stream(sql):
+            for row in rows:
+                image = dict(zip(columns, row, strict=True))
+                key = [image.pop("__dosql_rowid")] if not pk else [image[k] for k in pk]
+                if not sub.wants_key(key):
+                    continue
+                ch = protocol.Change(lsn, 0, now, table, "insert", key=key, after=image)
+                await self.put(events.row_event(sid, ch, "r", self.pos(), snapshot=True))
+
+    # ------------------------------------------------------------------ flow control
+
+    async def monitor(self) -> None:
+        limits = self.limits
+        behind_since: dict[str, float] = {}
+        period = max(0.05, min(1.0, limits.grace_s / 4))
+        while True:
+            await trio.sleep(period)
+            idle = not self.sending and self.recv_ch.statistics().current_buffer_used == 0
+            delivered = self.vector if idle else self.sent
+            for sid, link in self.links.items():
+                current, _ = await link.lsn_info()
+                lag = current - delivered.get(sid, 0)
+                if lag <= limits.max_lag:
+                    behind_since.pop(sid, None)
+                    continue
+                since = behind_since.setdefault(sid, time.monotonic())
+                if time.monotonic() - since >= limits.grace_s:
+                    raise CDCError(
+                        f"subscriber too slow: {lag} changes behind shard {sid} (limit "
+                        f"{limits.max_lag}) for more than {_secs(limits.grace_s)}; resume from "
+                        "the position in this message once you can keep up",
+                        code="SUBSCRIBER_TOO_SLOW",
+                        details={"shard": sid, "lag": lag},
+                    )
+
+    async def heartbeat(self) -> None:
+        while True:
+            await trio.sleep(self.limits.heartbeat_s)
+            if self.live:
+                await self.put(events.heartbeat_event(self.pos()))
+
+
+async def _lake(fn: Any, *args: Any) -> Any:
+    """Blocking lake (pyiceberg) reads in a worker thread; a subscriber that leaves does not
+    wait for them (they only read, so abandoning the thread is safe)."""
+    return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+
+def _secs(value: float) -> str:
+    return f"{value:g}s" if math.isfinite(value) else "ever"

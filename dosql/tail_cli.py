@@ -1,0 +1,101 @@
+"""``dosql tail --url ws://LAKE --table T [--from POSITION]``: follow changes as JSON lines.
+
+Prints every event the subscribe endpoint sends (row changes in the Debezium
+envelope, schema and commit events; heartbeats with ``--heartbeats``) as one
+JSON line each, BLOBs as base64 as on the wire. Stop with Ctrl-C; the last
+line's ``position`` resumes with ``--from``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from dosql import changefeed as sub_mod
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("DOLAKE_URL", ""),
+        help="lake writer (or subscribe server) address, ws://host:port (env DOLAKE_URL)",
+    )
+    parser.add_argument(
+        "--table",
+        action="append",
+        dest="tables",
+        help="table to follow (repeat for several; default: every table)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start",
+        default="latest",
+        help='where to start: "latest" (default), "earliest", an ISO timestamp, or a position',
+    )
+    parser.add_argument("--snapshot", action="store_true", help="current rows first (op r)")
+    parser.add_argument("--ops", help="only these operations, e.g. c,u,d")
+    parser.add_argument("--token", default=os.environ.get("DOSQL_TOKEN"), help="bearer token")
+    parser.add_argument("--heartbeats", action="store_true", help="print heartbeats too")
+    parser.add_argument("--limit", type=int, help="exit after this many printed events")
+    parser.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="exit once no change, schema or commit event arrived for this long",
+    )
+
+
+def _start(value: str) -> object:
+    if value in ("latest", "earliest"):
+        return value
+    if value[:4].isdigit() and "-" in value[:8]:  # 2026-01-20T14:30:00Z
+        return {"timestamp": value}
+    return {"position": value}
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.url:
+        print("dosql tail: --url ws://host:port is required (or set DOLAKE_URL)", file=sys.stderr)
+        return 2
+    if args.snapshot and args.start != "latest":
+        print("dosql tail: --snapshot starts at the snapshot; drop --from", file=sys.stderr)
+        return 2
+    message = sub_mod.request(
+        args.tables or "*",
+        "latest",
+        snapshot=args.snapshot,
+        ops=args.ops.split(",") if args.ops else None,
+    )
+    if not args.snapshot:
+        message["start"] = _start(args.start)
+    printed = 0
+    last = time.monotonic()
+    with sub_mod.Subscription(
+        args.url,
+        message,
+        token=args.token,
+        decode_binary=False,
+        heartbeats=True,
+        timeout=args.idle_exit,
+    ) as subscription:
+        try:
+            for event in subscription:
+                heartbeat = event.get("type") == "heartbeat"
+                if not heartbeat:
+                    last = time.monotonic()
+                elif args.idle_exit is not None and time.monotonic() - last >= args.idle_exit:
+                    break
+                if heartbeat and not args.heartbeats:
+                    continue
+                sys.stdout.write(json.dumps(event, separators=(",", ":"), ensure_ascii=False))
+                sys.stdout.write("\n")
+                sys.stdout.flush()
+                printed += 1
+                if args.limit is not None and printed >= args.limit:
+                    break
+        except TimeoutError:  # --idle-exit and not even a heartbeat
+            pass
+    return 0
