@@ -22,7 +22,6 @@ the lake's current columns of the table.
 from __future__ import annotations
 
 import datetime as dt
-import decimal
 import json
 from typing import Any
 
@@ -33,6 +32,7 @@ from pyiceberg.exceptions import NoSuchNamespaceError, NoSuchTableError
 from pyiceberg.expressions import And, EqualTo, LessThanOrEqual
 
 from dolake import watermarks
+from dolake.history import to_sqlite
 from dolake.schema import CHANGELOG_META, HIDDEN_PREFIX, OVERFLOW, ROWID, raw_untag
 from dosql import protocol
 
@@ -56,20 +56,6 @@ def tables(catalog: Catalog, namespace: str) -> list[str]:
     except NoSuchNamespaceError:
         return []
     return sorted(i[-1][: -len(SUFFIX)] for i in idents if i[-1].endswith(SUFFIX))
-
-
-def to_sqlite(v: Any) -> Any:
-    if v is None or isinstance(v, int | float | str | bytes) and not isinstance(v, bool):
-        return v
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, decimal.Decimal):
-        return int(v) if v == v.to_integral_value() and abs(v) < 2**63 else float(v)
-    if isinstance(v, dt.datetime):
-        return v.isoformat(sep=" ")
-    if isinstance(v, dt.date):
-        return v.isoformat()
-    return str(v)
 
 
 def _micros(ts: Any) -> int:
