@@ -14,6 +14,8 @@ BENCHMARKS = {
     "point_select": "bench.point_select",
     "ingest": "bench.ingest",
     "scatter_aggregate": "bench.scatter_aggregate",
+    "cdc_throughput": "bench.cdc_throughput",
+    "lake_flush": "bench.lake_flush",
 }
 
 

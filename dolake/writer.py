@@ -31,12 +31,17 @@ shard is gap-free (the ingest rejects gaps).
 
 Mirror layout
 -------------
-The mirror is partitioned by ``bucket(16, first key column)``. A flush reads
-only the data files the affected keys can be in (partition pruning on the
-bucket plus per-file min/max statistics on the key), rewrites those without
-the affected rows, and writes the new images: copy-on-write limited to a few
-small files, so its cost follows the size of the batch, not of the table.
-Tables without a primary key are keyed by ``(shard, rowid)`` (``_dosql_rowid``).
+The mirror is an Iceberg v2 table partitioned by ``bucket(16, first key
+column)`` and updated **merge-on-read** (see dolake/mor.py): a flush writes
+the new images of the affected keys into new data files (sorted by key, one
+per bucket touched) and position-delete files naming the old rows of those
+keys, in one snapshot. The old rows are found in a key index (key -> data
+file, row position, owner shard) kept in a local SQLite file per table under
+``<data dir>/lake/mirror_index/``: derived state, updated after each mirror
+commit and rebuilt from the mirror when it does not match the table's current
+snapshot. So a flush reads no data file and rewrites none: its cost follows
+the batch, not the table. Tables without a primary key are keyed by
+``(shard, rowid)`` (``_dosql_rowid``).
 
 Every mirror row also records its owner shard in the hidden column
 ``_dosql_shard``: a delete from shard A removes a row only if A owns it, so a
@@ -49,24 +54,21 @@ reference tables (VSchema in the config) feed their mirror from one shard
 
 from __future__ import annotations
 
-import bisect
-import datetime as dt
 import itertools
 import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from pyiceberg.catalog import Catalog
-from pyiceberg.conversions import from_bytes
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.expressions import AlwaysTrue, BooleanExpression, In
-from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files, schema_to_pyarrow
+from pyiceberg.io.pyarrow import _dataframe_to_data_files, schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -82,8 +84,9 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from dolake import watermarks
+from dolake import mor, watermarks
 from dolake.buffer import Entry
+from dolake.mor import KeyIndex
 from dolake.schema import (
     OVERFLOW,
     ROWID,
@@ -102,10 +105,6 @@ from dosql import protocol
 log = logging.getLogger(__name__)
 
 MIRROR_BUCKETS = 16
-# Mirror rows are written sorted by key, at most this many per call (so about
-# MIRROR_SLICE_ROWS / MIRROR_BUCKETS rows per file): narrow key ranges per file
-# keep a flush's copy-on-write to the few small files its keys can be in.
-MIRROR_SLICE_ROWS = MIRROR_BUCKETS * 2048
 _BUCKETABLE = (LongType, StringType, BinaryType, DecimalType, DateType, TimestampType)
 DELETE = object()  # op marker: the key has no row
 
@@ -120,6 +119,7 @@ class TableFlush:
     mirror_deletes: int = 0
     files_rewritten: int = 0
     files_written: int = 0
+    delete_files_written: int = 0
     bytes_written: int = 0
     mirror_snapshot: int | None = None
     changelog_snapshot: int | None = None
@@ -135,6 +135,7 @@ class LakeTable:
     mirror_wm: dict[str, int] = field(default_factory=dict)
     changelog_wm: dict[str, int] = field(default_factory=dict)
     committed_at: float | None = None
+    delete_files: int = 0  # position-delete files written since this process started
 
 
 def _fault(point: str) -> None:
@@ -155,6 +156,7 @@ class Writer:
         namespace: str = "default",
         row_group_size: int = 100000,
         reference_tables: dict[str, str] | None = None,
+        index_dir: str | Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.namespace = namespace
@@ -162,6 +164,14 @@ class Writer:
         # reference table name -> the one shard whose changes feed its mirror
         self.reference_tables = reference_tables or {}
         self.tables: dict[str, LakeTable] = {}
+        # derived state: the mirrors' key -> (file, position) indexes (see dolake/mor.py)
+        self._tmp_index: tempfile.TemporaryDirectory | None = None
+        if index_dir is None:
+            self._tmp_index = tempfile.TemporaryDirectory(prefix="dolake-index-")
+            index_dir = self._tmp_index.name
+        self.index_dir = Path(index_dir)
+        self.indexes: dict[str, KeyIndex] = {}
+        self._typed_memo: dict[int, tuple[dict, dict, str | None]] = {}
         self.catalog.create_namespace_if_not_exists(namespace)
         self._load_existing()
 
@@ -199,6 +209,13 @@ class Writer:
     # ------------------------------------------------------------------ flush
 
     def flush_table(self, name: str, entries: list[Entry], cut: dict[str, int]) -> TableFlush:
+        self._typed_memo = {}  # id(image) -> (image, typed row, overflow), this flush only
+        try:
+            return self._flush_table(name, entries, cut)
+        finally:
+            self._typed_memo = {}
+
+    def _flush_table(self, name: str, entries: list[Entry], cut: dict[str, int]) -> TableFlush:
         result = TableFlush(name)
         lt = self.tables.get(name) or LakeTable(TableLayout(name))
         self.tables[name] = lt
@@ -318,10 +335,12 @@ class Writer:
         layout = lt.layout
         assert lt.changelog is not None
         rows = []
+        stamps = []
         for e in entries:
             ch = e.change
+            stamps.append(ch.commit_ts)
             image = ch.before if ch.op == "delete" else ch.after
-            row, overflow = layout.typed_row(image if ch.op != "schema" else None)
+            row, overflow = self._typed(layout, image if ch.op != "schema" else None)
             if layout.rowid_keyed:
                 row[ROWID] = _rowid(ch)
             row.update(
@@ -329,7 +348,6 @@ class Writer:
                 _lsn=ch.lsn,
                 _shard=e.shard,
                 _txid=ch.txid,
-                _commit_ts=_ts(ch.commit_ts),
             )
             if ch.op == "schema" and ch.schema is not None:
                 # what kind of schema event this row is (readers replaying the log need it)
@@ -341,9 +359,26 @@ class Writer:
                 overflow = json.dumps(event, sort_keys=True)
             row[OVERFLOW] = overflow
             rows.append(row)
-        return pa.Table.from_pylist(rows, schema=schema_to_pyarrow(lt.changelog.schema()))
+        schema = schema_to_pyarrow(lt.changelog.schema())
+        data = pa.Table.from_pylist(rows, schema=schema)
+        # commit times (UTC microseconds) as one array: no datetime object per row
+        i = schema.get_field_index("_commit_ts")
+        stamps_arr = pa.array(stamps, pa.int64()).cast(schema.field(i).type)
+        return data.set_column(i, schema.field(i), stamps_arr)
 
     # ------------------------------------------------------------------ mirror
+
+    def _typed(self, layout: TableLayout, image: dict | None) -> tuple[dict, str | None]:
+        """``layout.typed_row(image)``, computed once per image per flush: the
+        change log and the mirror type the same after-images (a copy is
+        returned, callers add their own columns)."""
+        if image is None:
+            return layout.typed_row(None)
+        hit = self._typed_memo.get(id(image))
+        if hit is None or hit[0] is not image:
+            hit = (image, *layout.typed_row(image))
+            self._typed_memo[id(image)] = hit
+        return dict(hit[1]), hit[2]
 
     def _ops(self, lt: LakeTable, entries: list[Entry]) -> tuple[dict, bool]:
         """Per key, the net change of each shard, ordered by commit time.
@@ -409,6 +444,10 @@ class Writer:
     @staticmethod
     def _norm_key(layout: TableLayout, raw: tuple) -> tuple:
         """A key in the lake's typed domain, comparable with rows read back."""
+        if len(raw) == 1 and type(raw[0]) is int and -(2**63) <= raw[0] < 2**63:
+            col = layout.column(layout.primary_key[0]) if layout.primary_key else None
+            if col is not None and isinstance(col.type, LongType):
+                return raw  # the common case, already in the lake's domain
         out = []
         for name, v in zip(layout.primary_key, raw, strict=False):
             col = layout.column(name)
@@ -437,145 +476,123 @@ class Writer:
             keys.append(tuple(key))
         return keys
 
-    def _prune_filter(self, layout: TableLayout, keys: list[tuple]) -> BooleanExpression:
-        name = ROWID if layout.rowid_keyed else layout.primary_key[0]
-        pos = 1 if layout.rowid_keyed else 0
-        values = {k[pos] for k in keys}
-        if any(v is None or isinstance(v, tuple) for v in values):
-            return AlwaysTrue()
-        return In(name, values)
-
-    def _keep_mask(self, layout: TableLayout, data: pa.Table, ops: dict) -> list[bool]:
-        """Per row of ``data``: True when its key is not affected by this flush."""
-        if not layout.rowid_keyed and len(layout.primary_key) == 1:
-            values = [k[0] for k in ops]
-            if all(v is not None and not isinstance(v, tuple) for v in values):
-                column = data[layout.primary_key[0]]
-                try:
-                    hit = pc.is_in(column, value_set=pa.array(values, type=column.type))
-                    hit = pc.fill_null(hit, False)
-                    if data[OVERFLOW].null_count == len(data):  # no overflow keys here
-                        return pc.invert(hit).to_pylist()
-                except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
-                    pass
-        return [k not in ops for k in self._row_keys(layout, data)]
-
-    def _bounds_check(self, table: Table, layout: TableLayout, keys: list[tuple]):
-        """A per-file test: could any affected key lie within the file's min/max
-        of the first key column? (pyiceberg stops using statistics for ``In``
-        beyond 200 values; this keeps big batches from reading every file of
-        every touched bucket.)"""
-        name = ROWID if layout.rowid_keyed else layout.primary_key[0]
-        pos = 1 if layout.rowid_keyed else 0
-        values = {k[pos] for k in keys}
-        if any(v is None or isinstance(v, tuple) for v in values):
-            return lambda data_file: True
-        try:
-            ordered = sorted(values)
-        except TypeError:
-            return lambda data_file: True
-        field = table.schema().find_field(name)
-
-        def check(data_file: Any) -> bool:
-            lo = (data_file.lower_bounds or {}).get(field.field_id)
-            hi = (data_file.upper_bounds or {}).get(field.field_id)
-            if lo is None or hi is None:
-                return True
-            try:
-                low = from_bytes(field.field_type, lo)
-                high = from_bytes(field.field_type, hi)
-                i = bisect.bisect_left(ordered, low)
-                return i < len(ordered) and ordered[i] <= high
-            except Exception:
-                return True
-
-        return check
+    def _index_of(self, lt: LakeTable) -> KeyIndex:
+        """The key index of ``lt``'s mirror, matching its current snapshot
+        (rebuilt from the mirror when it does not: O(table), once)."""
+        table = lt.mirror
+        assert table is not None
+        name = lt.layout.name
+        index = self.indexes.get(name)
+        if index is None:
+            index = self.indexes[name] = KeyIndex(self.index_dir / f"{name}.sqlite")
+        snap = table.current_snapshot()
+        current = snap.snapshot_id if snap is not None else 0
+        if index.snapshot_id != current:
+            layout = lt.layout
+            index.rebuild(table, lambda tbl, f: self._file_keys(layout, tbl, f))
+        return index
 
     def _apply_mirror(
         self, lt: LakeTable, entries: list[Entry], marks: dict[str, int], result: TableFlush
     ) -> None:
+        """Merge-on-read: new images go to new data files, the old rows of
+        affected keys get position deletes; one snapshot (see dolake/mor.py)."""
         layout = lt.layout
         table = lt.mirror
         assert table is not None
         ops, dropped = self._ops(lt, entries)
         if not ops and not dropped:
             return
+        index = self._index_of(lt)
+        canon = {key: mor.canon(key) for key in ops}
+        found = index.lookup(canon.values())
+        # old rows to delete: canon key -> (file id, pos)
+        doomed: dict[str, tuple[int, int]] = {}
+        if dropped:
+            for k, (f, p, _s) in index.owned_by(dropped).items():
+                doomed[k] = (f, p)
         arrow_schema = schema_to_pyarrow(table.schema())
-        existing: dict[tuple, tuple[Any, str | None]] = {}
-        with (
-            table.transaction() as tx,
-            tx.update_snapshot(snapshot_properties=_props(marks)).overwrite() as ow,
-        ):
-            kept: list[pa.Table] = []
-            if table.current_snapshot() is not None:
-                row_filter = AlwaysTrue() if dropped else self._prune_filter(layout, list(ops))
-                in_range = self._bounds_check(table, layout, list(ops))
-                for task in table.scan(row_filter=row_filter).plan_files():
-                    if not dropped and not in_range(task.file):
-                        continue
-                    data = ArrowScan(
-                        table_metadata=tx.table_metadata,
-                        io=table.io,
-                        projected_schema=tx.table_metadata.schema(),
-                        row_filter=AlwaysTrue(),
-                    ).to_table(tasks=[task])
-                    mask = self._keep_mask(layout, data, ops)
-                    if dropped:
-                        owners = data[SHARD_COL].to_pylist()
-                        mask = [
-                            keep and owner not in dropped
-                            for keep, owner in zip(mask, owners, strict=True)
-                        ]
-                    if not all(mask):
-                        hit = data.filter(pc.invert(pa.array(mask)))
-                        for k, row in zip(
-                            self._row_keys(layout, hit), hit.to_pylist(), strict=True
-                        ):
-                            if k in ops and row.get(SHARD_COL) not in dropped:
-                                existing[k] = (row, row.get(SHARD_COL))
-                    if all(mask):
-                        continue
-                    ow.delete_data_file(task.file)
-                    result.files_rewritten += 1
-                    if any(mask):
-                        kept.append(data.filter(pa.array(mask)).cast(arrow_schema))
-            new_rows = []
-            for key, key_ops in ops.items():
-                before = existing.get(key)
-                state = self._fold(before, key_ops)
-                if state is None:
-                    result.mirror_deletes += before is not None
-                    continue
-                image, owner = state
-                if before is not None and image is before[0]:
-                    new_rows.append(image)  # untouched (a delete from a non-owner)
-                    continue
-                row, overflow = layout.typed_row(image)
-                row[SHARD_COL] = owner
-                if layout.rowid_keyed:
-                    row[ROWID] = key[1]
-                row[OVERFLOW] = overflow
-                new_rows.append(row)
-                result.mirror_upserts += 1
-            df = pa.concat_tables([*kept, pa.Table.from_pylist(new_rows, schema=arrow_schema)])
-            sort_col = ROWID if layout.rowid_keyed else layout.primary_key[0]
-            try:
-                df = df.sort_by([(sort_col, "ascending")])
-            except pa.ArrowNotImplementedError:
-                pass
-            counter = itertools.count()
-            for offset in range(0, len(df), MIRROR_SLICE_ROWS):
+        new_rows = []
+        for key, key_ops in ops.items():
+            ck = canon[key]
+            hit = found.get(ck)
+            before = None
+            if hit is not None and hit[2] not in dropped:
+                before = (DELETE, hit[2])  # the old image is never needed, only its owner
+            state = self._fold(before, key_ops)
+            if state is not None and before is not None and state[0] is DELETE:
+                continue  # untouched (a delete from a non-owner)
+            if hit is not None:
+                doomed[ck] = (hit[0], hit[1])
+            if state is None:
+                result.mirror_deletes += before is not None
+                continue
+            image, owner = state
+            row, overflow = self._typed(layout, image)
+            row[SHARD_COL] = owner
+            if layout.rowid_keyed:
+                row[ROWID] = key[1]
+            row[OVERFLOW] = overflow
+            new_rows.append(row)
+            result.mirror_upserts += 1
+        # (nothing to add or delete still commits: the snapshot carries the watermark)
+        files = index.files(f for f, _p in doomed.values())
+        groups: dict[tuple[int, tuple], list[tuple[str, int]]] = {}
+        for f, p in doomed.values():
+            path, spec_id, part = files[f]
+            groups.setdefault((spec_id, part), []).append((path, p))
+        added: list[tuple[Any, list[tuple[str, int, Any]]]] = []
+        with table.transaction() as tx:
+            delta = mor.RowDelta(tx, table.io, _props(marks))
+            if new_rows:
+                df = pa.Table.from_pylist(new_rows, schema=arrow_schema)
+                sort_col = ROWID if layout.rowid_keyed else layout.primary_key[0]
+                try:
+                    df = df.sort_by([(sort_col, "ascending")])
+                except pa.ArrowNotImplementedError:
+                    pass
                 for data_file in _dataframe_to_data_files(
                     table_metadata=tx.table_metadata,
-                    df=df.slice(offset, MIRROR_SLICE_ROWS),
+                    df=df,
                     io=table.io,
-                    write_uuid=ow.commit_uuid,
-                    counter=counter,
+                    write_uuid=delta.commit_uuid,
+                    counter=itertools.count(),
                 ):
-                    ow.append_data_file(data_file)
+                    data_file.spec_id = tx.table_metadata.default_spec_id
+                    delta.append_data_file(data_file)
                     result.files_written += 1
                     result.bytes_written += data_file.file_size_in_bytes
-        result.mirror_snapshot = table.current_snapshot().snapshot_id
+                    keys, shards = self._file_keys(layout, table, data_file)
+                    rows = zip(keys, shards, strict=True)
+                    added.append((data_file, [(k, i, s) for i, (k, s) in enumerate(rows)]))
+            for n, ((spec_id, part), rows) in enumerate(groups.items()):
+                delete_file = mor.write_position_deletes(
+                    table, spec_id, part, rows, delta.commit_uuid, n
+                )
+                delta.add_delete_file(delete_file)
+                result.delete_files_written += 1
+                result.bytes_written += delete_file.file_size_in_bytes
+            delta.commit()
+        snap = table.current_snapshot()
+        result.mirror_snapshot = snap.snapshot_id
+        _fault("before_index_update")
+        index.apply(snap.snapshot_id, doomed.keys(), added)
+        lt.delete_files += result.delete_files_written
+
+    def _file_keys(self, layout: TableLayout, table: Table, data_file: Any):
+        """Canonical keys and owners of a data file's rows, by position."""
+        cols = [ROWID] if layout.rowid_keyed else list(layout.primary_key)
+        data = mor.read_columns(table, data_file, [*cols, SHARD_COL, OVERFLOW])
+        shards = data[SHARD_COL].to_pylist()
+        if (
+            len(cols) == 1
+            and not layout.rowid_keyed
+            and pa.types.is_integer(data[cols[0]].type)
+            and data[cols[0]].null_count == 0
+            and data[OVERFLOW].null_count == len(data)
+        ):  # fast path: an integer key is its own canonical form
+            return data[cols[0]].to_pylist(), shards
+        return [mor.canon(k) for k in self._row_keys(layout, data)], shards
 
 
 def _create_or_load(
@@ -622,10 +639,6 @@ def _props(marks: dict[str, int]) -> dict[str, str]:
 
 def _rowid(ch: protocol.Change) -> int | None:
     return ch.key[0] if ch.key else None
-
-
-def _ts(micros: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=micros)
 
 
 def _snapshot_time(table: Table) -> float | None:

@@ -1,0 +1,445 @@
+"""Merge-on-read for the mirror: Iceberg v2 position deletes and a key index.
+
+Why: with copy-on-write, a flush of keys scattered over the whole key space
+rewrites nearly every data file of the mirror, so its cost grows with the
+table. With merge-on-read a flush writes only
+
+- new data files holding the new images of the affected keys, and
+- position-delete files (Parquet ``file_path``, ``pos``; content
+  ``POSITION_DELETES`` in a ``DELETES`` manifest) naming the old rows,
+
+in one snapshot (:class:`RowDelta`). Readers (pyiceberg, DuckDB, Spark) apply
+the deletes. pyiceberg 0.12 cannot write delete files through its public API
+(``Transaction.delete`` falls back to copy-on-write), hence this small
+snapshot producer built on its ``_FastAppendFiles``.
+
+Sequence numbers: every file added by a snapshot inherits the snapshot's
+sequence number. A position delete applies to data files whose sequence
+number is <= its own, restricted here to the exact (older) file paths it
+names, so a delete never hides a row written in the same or a later commit.
+Delete files are grouped by the partition of the data files they name: the
+Iceberg spec (and pyiceberg's ``DeleteFileIndex``) scope a position-delete
+file to one partition.
+
+Finding the old rows must not cost O(table): :class:`KeyIndex` keeps
+``key -> (data file, row position, owner shard)`` per mirror table in a
+local SQLite file. It is *derived* state: it records the mirror snapshot it
+reflects and is updated right after each mirror commit; when it is missing,
+unreadable or names another snapshot (a crash between the Iceberg commit and
+the index update, or another writer), it is rebuilt from the mirror's current
+snapshot -- O(table), once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import logging
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyiceberg.conversions import to_bytes
+from pyiceberg.io.pyarrow import _read_deletes
+from pyiceberg.manifest import (
+    DataFile,
+    DataFileContent,
+    FileFormat,
+    ManifestContent,
+    ManifestEntry,
+    ManifestEntryStatus,
+    ManifestFile,
+    ManifestWriterV2,
+)
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import (
+    Operation,
+    SnapshotSummaryCollector,
+    Summary,
+    update_snapshot_summaries,
+)
+from pyiceberg.table.update.snapshot import _FastAppendFiles
+from pyiceberg.typedef import EMPTY_DICT, Record
+from pyiceberg.types import LongType, StringType
+
+log = logging.getLogger(__name__)
+
+POS_PATH_ID = 2147483546  # reserved field ids of the position-delete schema
+POS_POS_ID = 2147483545
+POSITION_DELETE_SCHEMA = pa.schema(
+    [
+        pa.field("file_path", pa.string(), False, {b"PARQUET:field_id": str(POS_PATH_ID).encode()}),
+        pa.field("pos", pa.int64(), False, {b"PARQUET:field_id": str(POS_POS_ID).encode()}),
+    ]
+)
+
+
+# ---------------------------------------------------------------- snapshot producer
+
+
+class _DeleteManifestWriter(ManifestWriterV2):
+    """A v2 manifest of delete files (``content = deletes``)."""
+
+    def content(self) -> ManifestContent:
+        return ManifestContent.DELETES
+
+    @property
+    def _meta(self) -> dict[str, str]:
+        return {**super()._meta, "content": "deletes"}
+
+
+class RowDelta(_FastAppendFiles):
+    """One snapshot adding data files and position-delete files (Iceberg's
+    ``RowDelta``): existing manifests are kept as they are (fast append), one
+    data manifest and one delete manifest per partition spec are added."""
+
+    def __init__(self, transaction: Any, io: Any, snapshot_properties: dict[str, str]) -> None:
+        super().__init__(
+            Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties
+        )
+        self._added_delete_files: list[DataFile] = []
+
+    def add_delete_file(self, delete_file: DataFile) -> RowDelta:
+        self._added_delete_files.append(delete_file)
+        return self
+
+    def _manifests(self) -> list[ManifestFile]:
+        manifests: list[ManifestFile] = []
+        if self._added_data_files:
+            with self.new_manifest_writer(spec=self._transaction.table_metadata.spec()) as w:
+                for data_file in self._added_data_files:
+                    w.add(_added(self._snapshot_id, data_file))
+            manifests.append(w.to_manifest_file())
+        by_spec: dict[int, list[DataFile]] = {}
+        for f in self._added_delete_files:
+            by_spec.setdefault(f.spec_id, []).append(f)
+        meta = self._transaction.table_metadata
+        for spec_id, files in by_spec.items():
+            dw = _DeleteManifestWriter(
+                self.spec(spec_id),
+                self.schema(),
+                self.new_manifest_output(),
+                self._snapshot_id,
+                self._compression,
+            )
+            with dw:
+                for f in files:
+                    dw.add(_added(self._snapshot_id, f))
+            manifests.append(dw.to_manifest_file())
+        assert meta.format_version >= 2, "position deletes need an Iceberg v2 table"
+        return manifests + self._existing_manifests()
+
+    def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
+        meta = self._transaction.table_metadata
+        ssc = SnapshotSummaryCollector()
+        schema = meta.schema()
+        specs = meta.specs()
+        for f in self._added_data_files:  # written with the table's default spec
+            ssc.add_file(f, schema=schema, partition_spec=meta.spec())
+        for f in self._added_delete_files:
+            ssc.add_file(f, schema=schema, partition_spec=specs[f.spec_id])
+        previous = (
+            meta.snapshot_by_id(self._parent_snapshot_id)
+            if self._parent_snapshot_id is not None
+            else None
+        )
+        return update_snapshot_summaries(
+            summary=Summary(operation=self._operation, **ssc.build(), **snapshot_properties),
+            previous_summary=previous.summary if previous is not None else None,
+        )
+
+
+def _added(snapshot_id: int, data_file: DataFile) -> ManifestEntry:
+    return ManifestEntry.from_args(
+        status=ManifestEntryStatus.ADDED,
+        snapshot_id=snapshot_id,
+        sequence_number=None,
+        file_sequence_number=None,
+        data_file=data_file,
+    )
+
+
+def write_position_deletes(
+    table: Table,
+    spec_id: int,
+    partition: tuple,
+    rows: list[tuple[str, int]],
+    commit_uuid: uuid.UUID,
+    n: int,
+) -> DataFile:
+    """Write one position-delete file for data files of one partition.
+
+    ``rows`` are (data file path, row position); the file is sorted by both
+    as the spec requires, with path/pos bounds so readers skip data files it
+    does not name."""
+    rows = sorted(rows)
+    data = pa.table(
+        [pa.array([p for p, _ in rows], pa.string()), pa.array([i for _, i in rows], pa.int64())],
+        schema=POSITION_DELETE_SCHEMA,
+    )
+    name = f"{commit_uuid}-deletes-{n:05d}.parquet"
+    path = table.location_provider().new_data_location(name)
+    out = table.io.new_output(path)
+    with out.create(overwrite=True) as fo:
+        pq.write_table(data, fo, compression="zstd")
+    size = len(table.io.new_input(path))
+    delete_file = DataFile.from_args(
+        content=DataFileContent.POSITION_DELETES,
+        file_path=path,
+        file_format=FileFormat.PARQUET,
+        partition=Record(*partition),
+        record_count=len(rows),
+        file_size_in_bytes=size,
+        column_sizes={},
+        value_counts={POS_PATH_ID: len(rows), POS_POS_ID: len(rows)},
+        null_value_counts={POS_PATH_ID: 0, POS_POS_ID: 0},
+        nan_value_counts={},
+        lower_bounds={
+            POS_PATH_ID: to_bytes(StringType(), rows[0][0]),
+            POS_POS_ID: to_bytes(LongType(), min(i for _, i in rows)),
+        },
+        upper_bounds={
+            POS_PATH_ID: to_bytes(StringType(), rows[-1][0]),
+            POS_POS_ID: to_bytes(LongType(), max(i for _, i in rows)),
+        },
+        split_offsets=None,
+        equality_ids=None,
+        sort_order_id=None,
+        key_metadata=None,
+    )
+    delete_file.spec_id = spec_id  # not a manifest field: set apart, as pyiceberg does
+    return delete_file
+
+
+# ---------------------------------------------------------------- key index
+
+
+def canon(key: tuple) -> int | str:
+    """A key's canonical form: equal keys (as the writer compares them) give
+    equal forms whichever side -- a change or a row read back -- they came
+    from. A single integer stays an integer (the common case: a smaller,
+    faster index); anything else becomes JSON text."""
+    if len(key) == 1 and type(key[0]) is int:
+        return key[0]
+    return json.dumps([_canon(v) for v in key], separators=(",", ":"))
+
+
+def _canon(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return ["b", int(v)]
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return ["f", repr(v)]
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bytes):
+        return ["x", v.hex()]
+    if isinstance(v, decimal.Decimal):
+        return ["d", str(v.normalize())]
+    if isinstance(v, dt.datetime):
+        return ["t", v.isoformat()]
+    if isinstance(v, dt.date):
+        return ["D", v.isoformat()]
+    if isinstance(v, tuple | list):
+        return ["(", [_canon(x) for x in v]]
+    return ["?", repr(v)]
+
+
+class KeyIndex:
+    """``key -> (data file, position, owner shard)`` for one mirror table.
+
+    One SQLite file per table. ``snapshot_id`` is the mirror snapshot the
+    index reflects; callers compare it with the table's current snapshot and
+    call :meth:`rebuild` when they differ."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.conn = self._open()
+        except sqlite3.DatabaseError as exc:  # garbage on disk: derived state, start over
+            log.warning("mirror key index unreadable; rebuilding", extra={"reason": str(exc)})
+            self._unlink()
+            self.conn = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # No journal: each update runs as "snapshot := NULL; changes; snapshot := id",
+        # each step synced before the next, so a crash (process or machine) at any
+        # point leaves either the right snapshot id over complete rows, or NULL
+        # (-> rebuild). Random updates touch up to one page per key; a journal
+        # would write each twice.
+        conn.execute("PRAGMA journal_mode=OFF")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER);
+            CREATE TABLE IF NOT EXISTS files (
+                id INTEGER PRIMARY KEY, path TEXT UNIQUE, spec_id INTEGER, part TEXT);
+            CREATE TABLE IF NOT EXISTS keys (
+                k PRIMARY KEY, file INTEGER, pos INTEGER, shard TEXT) WITHOUT ROWID;
+            """
+        )
+        return conn
+
+    @property
+    def snapshot_id(self) -> int | None:
+        try:
+            row = self.conn.execute("SELECT v FROM meta WHERE k = 'snapshot'").fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return row[0] if row else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def reset(self) -> None:
+        """Drop everything (also recovers from a corrupt file)."""
+        self.conn.close()
+        self._unlink()
+        self.conn = self._open()
+
+    def _unlink(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(self.path) + suffix).unlink(missing_ok=True)
+
+    # -------------------------------------------------------------- queries
+
+    def lookup(self, keys: Iterable[Any]) -> dict[Any, tuple[int, int, str | None]]:
+        """``canon key -> (file id, pos, shard)`` for the keys present."""
+        out: dict[Any, tuple[int, int, str | None]] = {}
+        keys = list(keys)
+        for i in range(0, len(keys), 5000):
+            chunk = keys[i : i + 5000]
+            marks = ",".join("?" * len(chunk))
+            for k, f, p, s in self.conn.execute(
+                f"SELECT k, file, pos, shard FROM keys WHERE k IN ({marks})", chunk
+            ):
+                out[k] = (f, p, s)
+        return out
+
+    def owned_by(self, shards: Iterable[str]) -> dict[Any, tuple[int, int, str | None]]:
+        shards = list(shards)
+        marks = ",".join("?" * len(shards))
+        rows = self.conn.execute(
+            f"SELECT k, file, pos, shard FROM keys WHERE shard IN ({marks})", shards
+        )
+        return {k: (f, p, s) for k, f, p, s in rows}
+
+    def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, tuple]]:
+        """``file id -> (path, spec id, partition values)``."""
+        ids = sorted(set(ids))
+        out: dict[int, tuple[str, int, tuple]] = {}
+        for i in range(0, len(ids), 5000):
+            chunk = ids[i : i + 5000]
+            marks = ",".join("?" * len(chunk))
+            for fid, path, spec_id, part in self.conn.execute(
+                f"SELECT id, path, spec_id, part FROM files WHERE id IN ({marks})", chunk
+            ):
+                out[fid] = (path, spec_id, tuple(json.loads(part)))
+        return out
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM keys").fetchone()[0]
+
+    # -------------------------------------------------------------- updates
+
+    def apply(
+        self,
+        snapshot_id: int,
+        removed: Iterable[Any],
+        added: Iterable[tuple[DataFile, Iterable[tuple[Any, int, str | None]]]],
+    ) -> None:
+        """After a mirror commit: drop ``removed`` keys, add each new data
+        file's ``(key, pos, shard)`` rows, record ``snapshot_id``.
+
+        Three synced steps (see :meth:`_open`): the snapshot id is NULL while
+        rows change, so an interrupted update is seen as stale, never as current."""
+        c = self.conn
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot', NULL)")
+        c.execute("BEGIN")
+        try:
+            c.executemany("DELETE FROM keys WHERE k = ?", ((k,) for k in removed))
+            for data_file, rows in added:
+                fid = self._add_file(data_file)
+                c.executemany(
+                    "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
+                    ((k, fid, pos, shard) for k, pos, shard in rows),
+                )
+            c.execute("COMMIT")
+        except BaseException:
+            try:  # without a journal a rollback is best effort: the NULL id forces a rebuild
+                c.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        c.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot', ?)", (snapshot_id,))
+
+    def _add_file(self, data_file: DataFile) -> int:
+        part = json.dumps(list(_partition_values(data_file.partition)))
+        cur = self.conn.execute(
+            "INSERT INTO files (path, spec_id, part) VALUES (?, ?, ?)",
+            (data_file.file_path, data_file.spec_id or 0, part),
+        )
+        return cur.lastrowid  # type: ignore[return-value]
+
+    def rebuild(self, table: Table, read_keys) -> None:
+        """Rebuild from the table's current snapshot (O(table)).
+
+        ``read_keys(arrow_table) -> list[canon key]`` turns the key columns
+        of a data file into canonical keys."""
+        self.reset()
+        snap = table.current_snapshot()
+        if snap is None:
+            self.apply(0, (), ())
+            return
+        deletes_cache: dict[str, dict[str, pa.ChunkedArray]] = {}
+        added = []
+        for task in table.scan(snapshot_id=snap.snapshot_id).plan_files():
+            path = task.file.file_path
+            deleted: set[int] = set()
+            for d in task.delete_files:
+                if d.file_path not in deletes_cache:
+                    deletes_cache[d.file_path] = _read_deletes(table.io, d)
+                arr = deletes_cache[d.file_path].get(path)
+                if arr is not None:
+                    deleted.update(arr.to_pylist())
+            keys, shards = read_keys(table, task.file)
+            rows = [
+                (k, pos, s)
+                for pos, (k, s) in enumerate(zip(keys, shards, strict=True))
+                if pos not in deleted
+            ]
+            added.append((task.file, rows))
+        self.apply(snap.snapshot_id, (), added)
+        log.info(
+            "mirror key index rebuilt",
+            extra={"table": table.name(), "rows": self.count(), "snapshot": snap.snapshot_id},
+        )
+
+
+def _partition_values(partition: Record | None) -> Iterator[Any]:
+    if partition is None:
+        return iter(())
+    return iter(partition[i] for i in range(len(partition)))
+
+
+def read_columns(table: Table, data_file: DataFile, columns: list[str]) -> pa.Table:
+    """Some columns of one data file, as written (no deletes applied)."""
+    with table.io.new_input(data_file.file_path).open() as f:
+        pf = pq.ParquetFile(f)
+        present = [c for c in columns if c in pf.schema_arrow.names]
+        data = pf.read(columns=present)
+    for c in columns:
+        if c not in data.column_names:
+            data = data.append_column(c, pa.nulls(len(data), pa.string()))
+    return data
