@@ -96,9 +96,10 @@ class SubscribeContext:
 
     def shards(self) -> dict[str, str]:
         """Shard id -> WebSocket address, in VSchema order; RPCError if one is unknown."""
-        stale = time.monotonic() - self._loaded_at > 1.0
         incomplete = not self._order or len(self._shards) < len(self._order)
-        if incomplete and self.config.source is not None and stale:
+        if incomplete and self.config.source is not None:
+            # A launcher fills the addresses in after starting the shards (the lake
+            # starts first); re-reading the small config file is cheap.
             try:
                 self._load(config_mod.load(self.config.source))
             except Exception as exc:  # keep the old view; report below

@@ -18,14 +18,16 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 import vschema
-from dosql.errors import DoSQLError, NotSupportedError, QueryError, ValidationError
-from dosql.router import merge, metadata
+from dosql import protocol
+from dosql.errors import DoSQLError, NotFoundError, NotSupportedError, QueryError, ValidationError
+from dosql.router import dml, explain, gather, groupby, merge, metadata
+from dosql.router.gather import ROWID_NAMES
 from dosql.router.metrics import RouterMetrics
 from dosql.router.plan import Pin, Plan, RangeCond, Value
 from dosql.router.planner import plan as make_plan
@@ -33,6 +35,9 @@ from dosql.router.pool import ShardConnection, ShardPool, ShardResult
 from dosql.router.transactions import ClientSession, Transaction
 
 log = logging.getLogger(__name__)
+
+MAX_GATHER_ROWS = 2_000_000  # rows a router-side plan may hold in memory
+_FETCH_BATCH = 200  # tables per UNION ALL fetch (SQLite allows 500 compound terms)
 
 _PROBE = (
     "(SELECT count(*) FROM (SELECT {e} FROM {f} WHERE 0 UNION SELECT 'a' UNION SELECT 'A')),"
@@ -54,6 +59,7 @@ class TableInfo:
     types: dict[str, str]
     pk: list[str]
     key_collation: str | None
+    defaults: dict[str, Any] = field(default_factory=dict)  # column (lower) -> dflt_value
 
 
 class PlanCache:
@@ -105,6 +111,13 @@ class Executor:
         self.schema: dict[str, TableInfo] = {}
         self.query_timeout_ms = query_timeout_ms
         self.meta_loaded = False
+        self.local_schemas: dict[str, gather.LocalSchema] = {}
+        self.null_shards: dict[str, str] = {}  # table -> shard that holds NULL-key rows
+        self.sequences: set[str] = set()  # tables whose keys the router assigns
+        self.views: dict[str, str] = {}  # views created through the router: name -> DDL
+        self.seq_blocks: dict[str, list[int]] = {}  # table -> [next id, end of block)
+        self.seq_lock = trio.Lock()
+        self.seq_block = 1000
 
     # ------------------------------------------------------------------ VSchema state
 
@@ -121,7 +134,10 @@ class Executor:
         if self.meta_loaded:
             return
         learned = await metadata.load(self.pools[self.vs.default_shard])
+        self.views = await metadata.load_views(self.pools[self.vs.default_shard])
         self.learned = learned
+        self.null_shards = metadata.null_shards(learned)
+        self.sequences = metadata.sequences(learned)
         self._set_vs(metadata.overlay(self.base, learned))
         self.meta_loaded = True
 
@@ -132,7 +148,7 @@ class Executor:
             return p
         self.metrics.plan_parses.inc()
         try:
-            p = make_plan(sql, self.vs)
+            p = make_plan(sql, self.vs, self.views)
         except DoSQLError:
             raise
         except Exception as exc:  # a planner gap must never turn into a wrong answer
@@ -169,10 +185,13 @@ class Executor:
         self, sid: str, name: str, table: Any, tx: Transaction | None
     ) -> TableInfo | None:
         async def fetch(c: ShardConnection) -> TableInfo | None:
-            r = await c.execute("SELECT name, type, pk FROM pragma_table_info(?)", [name])
+            r = await c.execute(
+                "SELECT name, type, pk, dflt_value FROM pragma_table_info(?)", [name]
+            )
             if not r.rows:
                 return None
             columns = [row[0] for row in r.rows]
+            defaults = {str(row[0]).lower(): row[3] for row in r.rows}
             types = {row[0].lower(): row[1] for row in r.rows}
             pk = [row[0] for row in sorted((x for x in r.rows if x[2]), key=lambda x: x[2])]
             coll = None
@@ -180,7 +199,7 @@ class Executor:
                 probe = "SELECT " + _PROBE.format(e=_quote(table.column), f=_quote(name))
                 pr = await c.execute(probe)
                 coll = _collation_from_probe(*pr.rows[0])
-            return TableInfo(columns, types, pk, coll)
+            return TableInfo(columns, types, pk, coll, defaults)
 
         if tx is not None and sid in tx.conns:
             return await fetch(tx.conns[sid])
@@ -376,9 +395,22 @@ class Executor:
         raise error
 
     async def run_read(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        if p.route is None:
+            return await self.run_gather(p, params, session)
         targets = await self.targets(p, params, session)
-        self.metrics.observe_read(len(targets))
         tx = session.tx
+        if "colocated" in p.cache and not await self._binary_keys(p.cache["colocated"], tx):
+            return await self.run_gather(p, params, session)
+        if len(targets) > 1 and p.group is not None:
+            try:
+                return await self.run_group(p, targets, params, session)
+            except (NotSupportedError, QueryError):
+                if p.gather is None:
+                    raise
+                p.group = None  # not exact here after all: gather from now on
+        if len(targets) > 1 and p.gather is not None and (p.refuse_scatter or p.pushed is None):
+            return await self.run_gather(p, params, session)
+        self.metrics.observe_read(len(targets))
         if len(targets) == 1:
             run = lambda c: c.execute(p.text, params, timeout_ms=self.query_timeout_ms)  # noqa: E731
             if p.route is not None and p.route.kind == "any" and tx is None:
@@ -424,6 +456,292 @@ class Executor:
         out.rowcount = -1
         return out
 
+    async def _binary_keys(self, names: list[str], tx: Transaction | None) -> bool:
+        """Co-located joins compare keys: only exact under BINARY key collations."""
+        for name in names:
+            if self.vs.table(name).kind != "sharded":
+                continue
+            info = await self.table_info(name, tx)
+            if info is None or info.key_collation != "BINARY":
+                return False
+        return True
+
+    # ------------------------------------------------------------------ partial aggregation
+
+    async def run_group(
+        self, p: Plan, targets: list[str], params: Any, session: ClientSession
+    ) -> ShardResult:
+        """GROUP BY over several shards: per-shard partials, final step in memory."""
+        g: groupby.GroupPlan = p.group
+        tx = session.tx
+        if "colls" not in g.cache:
+            colls: list[str | None] = [None] * len(g.columns)
+            probes = [(i, e) for i, e in enumerate(g.probes) if e is not None]
+            if probes:
+                sql = "SELECT " + ",".join(_PROBE.format(e=e, f=g.from_text) for _, e in probes)
+                r = await self.on_shard(targets[0], lambda c: c.execute(sql), tx)
+                row = r.rows[0]
+                for k, (i, _) in enumerate(probes):
+                    coll = _collation_from_probe(row[2 * k], row[2 * k + 1])
+                    if coll is None:
+                        raise NotSupportedError("unknown collation of a GROUP BY expression")
+                    colls[i] = coll
+            assert p.table is not None
+            schema = await self.local_schema(p.table, tx)
+            info = await self.table_info(p.table, tx)
+            declared = {c.lower(): c for c in schema.names_cased}
+            names, types = [], []
+            for name, kind in g.names:
+                if kind == "column":
+                    names.append(declared.get(name.lower(), name))
+                    types.append(info.types.get(name.lower()) if info else None)
+                else:
+                    names.append(name)
+                    types.append(None)
+            g.cache.update(colls=colls, names=names, types=types)
+        pparams = _select_params(params, g.pushed_params)
+        results = await self.parallel(
+            targets,
+            lambda sid, c: c.execute(g.pushed, pparams, timeout_ms=self.query_timeout_ms),
+            tx,
+            retry=tx is None,
+        )
+        self.metrics.observe_read(len(targets))
+        partials = [row for r in results for row in r.rows]
+        rows = await trio.to_thread.run_sync(
+            groupby.run_final, g, g.cache["colls"], partials, self.query_timeout_ms
+        )
+        return ShardResult(
+            columns=list(g.cache["names"]), decltypes=list(g.cache["types"]), rows=rows, rowcount=-1
+        )
+
+    # ------------------------------------------------------------------ router-side reads
+
+    async def local_schema(self, name: str, tx: Transaction | None) -> gather.LocalSchema:
+        """The DDL and columns of ``name``, read once from a shard that holds it."""
+        key = name.lower()
+        if tx is None and key in self.local_schemas:
+            return self.local_schemas[key]
+        table = self.vs.table(name)
+        if table.kind == "unsharded":
+            sid = table.shard
+        elif tx is not None and tx.shards:
+            sid = tx.shards[0]
+        else:
+            sid = next((s for s in self.order if self.pools[s].healthy is not False), self.order[0])
+
+        async def fetch(c: ShardConnection) -> ShardResult:
+            ddl = await c.execute(
+                "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? COLLATE NOCASE "
+                "AND type IN ('table', 'index') AND sql IS NOT NULL ORDER BY type = 'index'",
+                [name],
+            )
+            cols = await c.execute(
+                "SELECT name, type, pk, hidden FROM pragma_table_xinfo(?)", [name]
+            )
+            ddl.info = {"cols": cols.rows}
+            return ddl
+
+        r = await self.on_shard(sid, fetch, tx, retry=tx is None)
+        cols = (r.info or {}).get("cols") or []
+        if not r.rows or not cols:
+            raise QueryError(f"no such table: {name}", code="TABLE_NOT_FOUND")
+        create = r.rows[0][1]
+        if str(create).lstrip().upper().startswith("CREATE VIRTUAL"):
+            raise NotSupportedError(
+                f"virtual table {name} in a statement the router answers by gathering rows"
+            )
+        pk = [c for c in cols if c[2]]
+        rowid_alias = len(pk) == 1 and str(pk[0][1]).upper() == "INTEGER"
+        has_rowid = "WITHOUT" not in str(create).upper().split(")")[-1]
+        info = gather.LocalSchema(
+            ddl=[row[1] for row in r.rows],
+            columns=[c[0] for c in cols if not c[3]],
+            names=frozenset(str(c[0]).lower() for c in cols),
+            rowid_alias=rowid_alias,
+            has_rowid=has_rowid,
+            names_cased=tuple(str(c[0]) for c in cols),
+        )
+        if tx is None:
+            self.local_schemas[key] = info
+        return info
+
+    async def gather_jobs(
+        self, p: Plan, params: Any, session: ClientSession
+    ) -> tuple[
+        dict[str, gather.LocalSchema], dict[str, list[tuple[int, str, Any]]], list[list[str]]
+    ]:
+        """Per shard, the fetches of a router-side plan: (ref index, SQL, parameters)."""
+        g: gather.Gather = p.gather
+        tx = session.tx
+        schemas: dict[str, gather.LocalSchema] = {}
+        for ref in g.refs:
+            schemas[ref.name] = await self.local_schema(ref.name, tx)
+        jobs: dict[str, list[Any]] = {}
+        fetch_cols: list[list[str]] = []
+        for i, ref in enumerate(g.refs):
+            table = self.vs.table(ref.name)
+            schema = schemas[ref.name]
+            cols = list(schema.columns)
+            if g.uses_rowid and schema.has_rowid and not schema.rowid_alias:
+                names = schema.names
+                if table.kind == "sharded" and not ROWID_NAMES & names:
+                    raise NotSupportedError(
+                        f"rowid of sharded table {ref.name} is per shard (it has no INTEGER "
+                        "PRIMARY KEY); the router cannot answer a statement that reads it"
+                    )
+                if not ROWID_NAMES & names:
+                    cols = ["rowid", *cols]
+            if ref.name == g.tag:
+                cols = ["rowid", *schema.columns]
+            fetch_cols.append(cols)
+            pushed = gather.pushed_for(g, ref, schemas) if ref.candidates else []
+            sql = "SELECT " + ", ".join(gather.quote(c) for c in cols)
+            head = len(sql)
+            sql += " FROM " + gather.quote(ref.name)
+            if pushed:
+                sql += (" AS " + gather.quote(ref.alias)) if ref.alias else ""
+                sql += " WHERE " + " AND ".join(f"({c.text})" for c in pushed)
+            fparams: Any = None
+            if pushed and params:
+                if isinstance(params, dict):
+                    fparams = params
+                else:
+                    fparams = [params[k] for c in pushed for k in (c.params or ())]
+            for sid in await self._gather_targets(ref.name, table, pushed, params, session):
+                jobs.setdefault(sid, []).append((i, sql, fparams, head, len(cols)))
+        return schemas, jobs, fetch_cols
+
+    async def run_gather(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        """Fetch every table the statement reads, run it in an in-memory SQLite.
+
+        The table definitions are cached; DDL through this router clears them. If
+        another router changed a table, the first failure refreshes them and retries.
+        """
+        try:
+            return await self._run_gather(p, params, session)
+        except (QueryError, NotFoundError) as exc:
+            if not self.local_schemas or "no such" not in exc.message:
+                raise
+            self.local_schemas.clear()
+            return await self._run_gather(p, params, session)
+
+    async def _run_gather(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        g: gather.Gather = p.gather
+        tx = session.tx
+        schemas, jobs, fetch_cols = await self.gather_jobs(p, params, session)
+        rows: list[list[list[Any]]] = [[] for _ in g.refs]
+        self.metrics.observe_read(len(jobs))
+
+        async def per_shard(sid: str, c: ShardConnection) -> ShardResult:
+            out = ShardResult()
+            got: list[tuple[int, list[Any]]] = []
+            todo = jobs[sid]
+            for start in range(0, len(todo), _FETCH_BATCH):
+                got.extend(await self._fetch_batch(c, todo[start : start + _FETCH_BATCH]))
+            out.info = {"got": got}
+            return out
+
+        shard_ids = [s for s in self.order if s in jobs]
+        results = await self.parallel(shard_ids, per_shard, tx, retry=tx is None)
+        extra: list[str] = []
+        for sid, r in zip(shard_ids, results, strict=True):
+            for i, got in (r.info or {})["got"]:
+                if g.refs[i].name == g.tag:
+                    idx = self.order.index(sid)
+                    rows[i].extend([*row, idx] for row in got)
+                else:
+                    rows[i].extend(got)
+        total = sum(len(r) for r in rows)
+        if total > MAX_GATHER_ROWS:
+            raise NotSupportedError(
+                f"this statement needs a router-side plan over {total} rows (more than "
+                f"{MAX_GATHER_ROWS}); add a WHERE on single tables that narrows them, or a "
+                "condition on the sharding key"
+            )
+        data = []
+        for i, ref in enumerate(g.refs):
+            cols = fetch_cols[i]
+            if ref.name == g.tag:
+                cols = [dml.RID_COL, *cols[1:], dml.SHARD_COL]
+                extra += [
+                    f"ALTER TABLE {gather.quote(ref.name)} ADD COLUMN {dml.RID_COL}",
+                    f"ALTER TABLE {gather.quote(ref.name)} ADD COLUMN {dml.SHARD_COL}",
+                ]
+            data.append((ref.name, cols, rows[i]))
+        columns, types, out_rows = await trio.to_thread.run_sync(
+            gather.run_local,
+            [schemas[ref.name] for ref in g.refs],
+            data,
+            p.text,
+            params,
+            self.query_timeout_ms,
+            extra + list(g.views),
+        )
+        return ShardResult(columns=columns, decltypes=types, rows=out_rows, rowcount=-1)
+
+    async def _fetch_batch(
+        self, c: ShardConnection, batch: list[Any]
+    ) -> list[tuple[int, list[Any]]]:
+        """Several table fetches in one round trip: a UNION ALL tagged by ref index.
+
+        Each branch is padded with NULLs to the widest table; UNION ALL passes
+        values through unchanged (no affinity), so every value keeps its type.
+        """
+        if len(batch) == 1:
+            i, sql, fparams, _head, _n = batch[0]
+            r = await c.execute(sql, fparams, timeout_ms=self.query_timeout_ms)
+            return [(i, r.rows)]
+        width = max(n for *_, n in batch)
+        parts = []
+        named: Any = None
+        positional: list[Any] = []
+        for i, sql, fparams, head, n in batch:
+            parts.append(f"SELECT {i}, {sql[7:head]}{', NULL' * (width - n)}{sql[head:]}")
+            if isinstance(fparams, dict):
+                named = fparams
+            elif fparams:
+                positional.extend(fparams)
+        query = " UNION ALL ".join(parts)
+        r = await c.execute(
+            query,
+            named if named is not None else (positional or None),
+            timeout_ms=self.query_timeout_ms,
+        )
+        by: dict[int, list[Any]] = {i: [] for i, *_ in batch}
+        widths = {i: n for i, _s, _p, _h, n in batch}
+        for row in r.rows:
+            i = row[0]
+            by[i].append(row[1 : 1 + widths[i]])
+        return list(by.items())
+
+    async def _gather_targets(
+        self, name: str, table: Any, pushed: list[Any], params: Any, session: ClientSession
+    ) -> list[str]:
+        if table.kind == "unsharded":
+            return [table.shard]
+        if table.kind == "reference":
+            tx = session.tx
+            if tx is not None and tx.shards:
+                return [tx.shards[0]]
+            return [
+                next((s for s in self.order if self.pools[s].healthy is not False), self.order[0])
+            ]
+        conds = [c for conj in pushed for c in conj.conds]
+        if not conds:
+            return list(self.order)
+        info = await self._learn_column_type(name, session.tx)
+        if info is None:
+            return list(self.order)
+        result = set(self.order)
+        for cond in conds:
+            shards = self._cond_shards(name, cond, params, info)
+            if shards is not None:
+                result &= shards
+        if not result:
+            return [self.order[0]]
+        return [s for s in self.order if s in result]
+
     # ------------------------------------------------------------------ writes
 
     async def _in_write_tx(
@@ -449,6 +767,49 @@ class Executor:
         await tx.commit()
         return result
 
+    async def savepoint(self, session: ClientSession, p: Plan) -> None:
+        """SAVEPOINT / RELEASE / ROLLBACK TO on every shard of the router transaction.
+
+        A SAVEPOINT makes every shard join the transaction first, so a later
+        ROLLBACK TO also undoes work on shards the transaction had not touched
+        yet. Outside a transaction, SAVEPOINT starts one that the RELEASE of that
+        savepoint commits (as in SQLite).
+        """
+        name = str(p.table).lower()
+        tx = session.tx
+        stack: list[tuple[str, bool]] = getattr(tx, "savepoints", []) if tx else []
+        if p.tx_op == "savepoint":
+            started = tx is None
+            if tx is None:
+                tx = Transaction(self.pools, self.order, "deferred")
+                session.tx = tx
+            try:
+                for sid in self.order:
+                    c = await tx.conn(sid)
+                    await c.execute(p.text)
+            except BaseException:
+                if started:
+                    session.tx = None
+                    with trio.CancelScope(shield=True):
+                        await tx.rollback()
+                raise
+            stack.append((name, started))
+            tx.savepoints = stack  # type: ignore[attr-defined]
+            return
+        idx = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == name), None)
+        if tx is None or idx is None:
+            raise QueryError(f"no such savepoint: {p.table}", code="QUERY_ERROR")
+        for sid in tx.shards:
+            await tx.conns[sid].execute(p.text)
+        if p.tx_op == "rollback_to":
+            del stack[idx + 1 :]
+            return
+        started = stack[idx][1]
+        del stack[idx:]
+        if started:  # releasing the savepoint that began the transaction commits it
+            session.tx = None
+            await tx.commit()
+
     async def abort(self, session: ClientSession, exc: DoSQLError) -> None:
         tx = session.tx
         if tx is None:
@@ -464,7 +825,159 @@ class Executor:
         exc.args = (exc.message,)
         exc.details["transaction_rolled_back"] = True
 
+    async def _needs_ids(self, p: Plan, params: Any, session: ClientSession) -> bool:
+        """Whether some row of this INSERT leaves its sequence key NULL or out."""
+        if p.key_index == -1:
+            return True
+        if p.key_index is None:
+            info = await self._learn_column_type(str(p.table), session.tx)
+            if info is None:
+                return False
+            ki = [c.lower() for c in info.columns].index(str(p.key_column).lower())
+            return any(
+                ki < len(v.const) and v.const[ki] is not None and v.const[ki].bind(params) is None
+                for v, *_ in p.insert_rows
+            )
+        return any(v.bind(params) is None for v, *_ in p.insert_rows)
+
+    async def next_ids(self, name: str, n: int, session: ClientSession) -> list[int]:
+        """``n`` ids for ``name`` from its sequence (blocks reserved on the default shard)."""
+        key = name.lower()
+        out: list[int] = []
+        async with self.seq_lock:
+            while len(out) < n:
+                block = self.seq_blocks.get(key)
+                if block is None or block[0] >= block[1]:
+                    block = await self._reserve_block(key, max(self.seq_block, n - len(out)))
+                    self.seq_blocks[key] = block
+                take = min(n - len(out), block[1] - block[0])
+                out.extend(range(block[0], block[0] + take))
+                block[0] += take
+        return out
+
+    async def _reserve_block(self, name: str, size: int) -> list[int]:
+        """Take ids [start, start + size) in one IMMEDIATE transaction on the default shard.
+
+        The stored value is the next free id; it never goes below max(key) + 1 of the
+        table, so ids given explicitly before are not handed out again.
+        """
+        seen = await self.run_read(
+            self.plan(f"SELECT max({_quote(str(self.vs.table(name).column))}) FROM {_quote(name)}"),
+            None,
+            ClientSession("admin"),
+        )
+        top = seen.rows[0][0] if seen.rows and isinstance(seen.rows[0][0], int) else 0
+        pool = self.pools[self.vs.default_shard]
+        meta_key = metadata.SEQ_PREFIX + name
+        conn = await pool.acquire()
+        try:
+            await conn.call(lambda rid: protocol.Begin(id=rid, mode="immediate"))
+            try:
+                got = await conn.call(lambda rid: protocol.MetaGet(id=rid, prefix=meta_key))
+                stored = ((got.info or {}).get("values") or {}).get(meta_key)
+                start = max(int(stored) if stored else 1, top + 1)
+                value = str(start + size)
+                await conn.call(lambda rid: protocol.MetaSet(id=rid, key=meta_key, value=value))
+                await conn.call(lambda rid: protocol.Commit(id=rid))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    try:
+                        await conn.call(lambda rid: protocol.Rollback(id=rid))
+                    except Exception:
+                        pass
+                raise
+        finally:
+            pool.release(conn)
+        return [start, start + size]
+
+    async def run_insert_select(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        """INSERT … SELECT: run the source through the router, then route its rows."""
+        assert p.source_sql is not None and p.table is not None and p.insert_sql is not None
+        src = self.plan(p.source_sql)
+        if src.kind != "read":
+            raise NotSupportedError("the source of this INSERT is not a query")
+        got = await self.run_read(src, _select_params(params, p.source_params), session)
+        name = p.table
+        table = self.vs.table(name)
+        info = await self._learn_column_type(name, session.tx)
+        if p.insert_columns is not None:
+            columns = list(p.insert_columns)
+        elif info is not None:
+            columns = [c.lower() for c in info.columns]
+        else:
+            raise QueryError(f"no such table: {name}", code="TABLE_NOT_FOUND")
+        width = len(got.columns or [])
+        if got.rows and width != len(columns):
+            raise QueryError(
+                f"table {name} has {len(columns)} columns but {width} values were supplied",
+                code="QUERY_ERROR",
+            )
+        sql = p.insert_sql.rstrip() + " VALUES (" + ", ".join("?" * len(columns)) + ")"
+        per_shard: dict[str, list[Any]] = {}
+        assigned: int | None = None
+        if table.kind == "sharded" and name.lower() in self.sequences:
+            key = str(table.column).lower()
+            rows_in = [list(r) for r in got.rows]
+            if key not in columns:
+                columns = [*columns, key]
+                for r in rows_in:
+                    r.append(None)
+                sql = _insert_head(p.insert_sql, name, columns)
+            ki = columns.index(key)
+            missing = [r for r in rows_in if r[ki] is None]
+            if missing:
+                for r, new_id in zip(
+                    missing, await self.next_ids(name, len(missing), session), strict=True
+                ):
+                    r[ki] = new_id
+                assigned = missing[-1][ki]
+            got.rows = rows_in
+        if table.kind == "sharded":
+            key = str(table.column).lower()
+            ki = columns.index(key) if key in columns else -1
+            for row in got.rows:
+                v = row[ki] if ki >= 0 else None
+                if v is None:
+                    nullable = name.lower() in self.null_shards and (
+                        ki >= 0 or (info is not None and info.defaults.get(key) is None)
+                    )
+                    if not nullable:
+                        raise ValidationError(
+                            f"INSERT into {name}: sharding column {key} is NULL; every row needs "
+                            "a value for it",
+                            code="SHARDING_KEY_NULL",
+                            details={"table": name, "column": key},
+                        )
+                    sid = self.null_shards[name.lower()]
+                else:
+                    sid = self.vs.shard_for(name, v)
+                per_shard.setdefault(sid, []).append(row)
+        elif table.kind == "unsharded":
+            per_shard[table.shard] = list(got.rows)
+        else:
+            per_shard = {sid: list(got.rows) for sid in self.order}
+        targets = [s for s in self.order if s in per_shard]
+        if not targets:
+            return ShardResult(columns=[], rowcount=0)
+
+        async def body(tx: Transaction | None) -> ShardResult:
+            results = await self.parallel(
+                targets, lambda sid, c: c.execute_many(sql, per_shard[sid]), tx
+            )
+            out = _combine(results)
+            if table.kind == "reference":
+                out.rowcount = len(got.rows)
+            if assigned is not None:
+                out.lastrowid = assigned
+            return out
+
+        return await self._in_write_tx(session, targets, body)
+
     async def run_write(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        if p.source_sql is not None:
+            return await self.run_insert_select(p, params, session)
+        if p.dml is not None:
+            return await dml.run(self, p, params, session)
         targets = await self.targets(p, params, session)
         if len(targets) > 1 and p.refuse_scatter:
             raise NotSupportedError(f"{p.refuse_scatter} (needs shards {', '.join(targets)})")
@@ -493,6 +1006,7 @@ class Executor:
             lower = [c.lower() for c in info.columns]
             key_index = lower.index(str(p.key_column).lower())
         groups: dict[str, list[int]] = {}
+        key_col = str(p.key_column).lower()
         for i, (value, _s, _e, _pi) in enumerate(p.insert_rows):
             if p.key_index is None:
                 vals = value.const
@@ -509,7 +1023,20 @@ class Executor:
                         "must be a literal or a parameter"
                     )
             v = value.bind(params)
+            nullable = name.lower() in self.null_shards and (
+                p.key_index != -1 or (info is not None and info.defaults.get(key_col) is None)
+            )
+            if v is None and nullable:
+                groups.setdefault(self.null_shards[name.lower()], []).append(i)
+                continue
             if v is None:
+                if p.key_index == -1:
+                    raise ValidationError(
+                        f"INSERT into {name} must give a value for its sharding column "
+                        f"{p.key_column}",
+                        code="SHARDING_KEY_NULL",
+                        details={"table": name, "column": p.key_column},
+                    )
                 raise ValidationError(
                     f"INSERT into {name}: sharding column {p.key_column} is NULL; every row needs "
                     "a value for it",
@@ -520,6 +1047,17 @@ class Executor:
         return {s: groups[s] for s in self.order if s in groups}
 
     async def run_insert(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        if (
+            p.table is not None
+            and p.table.lower() in self.sequences
+            and "as_select" in p.cache
+            and await self._needs_ids(p, params, session)
+        ):
+            head, source, source_params, columns = p.cache["as_select"]
+            q = Plan("write", p.text, is_write=True, table=p.table)
+            q.insert_sql, q.source_sql = head, source
+            q.source_params, q.insert_columns = source_params, columns
+            return await self.run_insert_select(q, params, session)
         groups = await self._insert_groups(p, params, session)
         targets = list(groups)
         if len(targets) == 1:
@@ -558,7 +1096,11 @@ class Executor:
         """executemany: param sets grouped per shard, one ExecuteMany per shard."""
         if p.kind == "read":
             raise QueryError("executemany() can only execute DML statements", code="QUERY_ERROR")
-        if p.kind not in ("write", "insert") or (p.kind == "insert" and len(p.insert_rows) != 1):
+        if (
+            p.kind not in ("write", "insert")
+            or (p.kind == "insert" and len(p.insert_rows) != 1)
+            or p.route is None
+        ):
             # general case: one execution per parameter set, in one transaction
             async def loop(tx: Transaction | None) -> ShardResult:
                 sub = ClientSession(session.scope)
@@ -594,6 +1136,10 @@ class Executor:
     # ------------------------------------------------------------------ DDL
 
     async def run_ddl(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+        if p.ddl_action in ("create_view", "drop_view"):
+            return await self._view_ddl(p, session)
+        if p.ddl_action == "create_table_as":
+            return await self._create_table_as(p, session)
         targets = await self.targets(p, params, session)
         if p.tolerate_missing:
             return await self._drop_index(p, targets, session)
@@ -613,7 +1159,63 @@ class Executor:
         finally:
             if p.table:
                 self.schema.pop(p.table.lower(), None)
+            self.local_schemas.clear()
             self.plans.clear()
+
+    async def _create_table_as(self, p: Plan, session: ClientSession) -> ShardResult:
+        """CREATE TABLE … AS SELECT: SQLite derives the table in memory from the gathered
+        rows (so column names and declared types are exactly SQLite's); the router then
+        creates that table (placement by the VSchema) and routes the rows."""
+        name = str(p.table)
+        if self.vs.has_table(name) or name.lower() in self.views:
+            if p.if_exists:
+                return ShardResult(columns=[], rowcount=-1)
+            raise QueryError(f"table {name} already exists", code="QUERY_ERROR")
+        tx = session.tx
+        src = Plan("read", p.source_sql or "", gather=p.gather)
+        schemas, jobs, fetch_cols = await self.gather_jobs(src, None, session)
+        got = await self.parallel(
+            [s for s in self.order if s in jobs],
+            lambda sid, c: self._fetch_batch(c, jobs[sid]),  # type: ignore[arg-type,return-value]
+            tx,
+        )
+        rows: list[list[Any]] = [[] for _ in p.gather.refs]
+        for part in got:
+            for i, chunk in part:  # type: ignore[attr-defined]
+                rows[i].extend(chunk)
+        data = [(ref.name, fetch_cols[i], rows[i]) for i, ref in enumerate(p.gather.refs)]
+        ddl, out_rows = await trio.to_thread.run_sync(
+            gather.create_as,
+            [schemas[ref.name] for ref in p.gather.refs],
+            data,
+            name,
+            p.source_sql,
+            list(p.gather.views),
+        )
+        await self.run_plan(self.plan(ddl), None, session)
+        if out_rows:
+            width = len(out_rows[0])
+            ins = self.plan(f"INSERT INTO {_quote(name)} VALUES ({', '.join('?' * width)})")
+            await self.run_many(ins, out_rows, session)
+        return ShardResult(columns=[], rowcount=-1)
+
+    async def _view_ddl(self, p: Plan, session: ClientSession) -> ShardResult:
+        """Views live in cluster metadata (``view:<name>``); reads of them run router-side."""
+        name = str(p.table).lower()
+        default = self.vs.default_shard
+        conn = await session.tx.conn(default) if session.tx is not None else None
+        try:
+            if p.ddl_action == "create_view":
+                if name in self.views and p.if_exists:
+                    return ShardResult(columns=[], rowcount=-1)
+                await metadata.store_view(self.pools[default], name, p.text, conn)
+                self.views[name] = p.text
+            else:
+                await metadata.store_view(self.pools[default], name, None, conn)
+                self.views.pop(name, None)
+        finally:
+            self.plans.clear()
+        return ShardResult(columns=[], rowcount=-1)
 
     async def _learn_table(self, p: Plan, sid: str, tx: Transaction | None) -> None:
         name = p.table
@@ -658,10 +1260,21 @@ class Executor:
             )
         vs = self.vs.with_table(name, table)
         entry = metadata.table_entry(vs, name)
+        if table.kind == "sharded":
+            key_row = next(row for row in r.rows if row[0].lower() == str(table.column).lower())
+            rowid_alias = (key_row[2] and sum(1 for row in r.rows if row[2]) == 1) and str(
+                key_row[1]
+            ).upper() == "INTEGER"
+            if not rowid_alias:  # the key may be NULL: such rows live on the default shard
+                entry[metadata.NULL_SHARD] = self.vs.default_shard
+            else:  # the router assigns keys left out, from a sequence
+                entry[metadata.SEQUENCE] = True
         default = self.vs.default_shard
         conn = await tx.conn(default) if tx is not None else None
         await metadata.store(self.pools[default], name.lower(), entry, conn)
         self.learned[name.lower()] = entry
+        self.null_shards = metadata.null_shards(self.learned)
+        self.sequences = metadata.sequences(self.learned)
         self._set_vs(vs)
 
     async def _forget_table(self, name: str, tx: Transaction | None) -> None:
@@ -669,8 +1282,20 @@ class Executor:
         try:
             conn = await tx.conn(default) if tx is not None else None
             await metadata.store(self.pools[default], name.lower(), None, conn)
+            if name.lower() in self.sequences:
+                key = metadata.SEQ_PREFIX + name.lower()
+                target = conn or None
+                if target is not None:
+                    await target.call(lambda rid: protocol.MetaSet(id=rid, key=key, value=None))
+                else:
+                    await self.pools[default].run(
+                        lambda c: c.call(lambda rid: protocol.MetaSet(id=rid, key=key, value=None))
+                    )
         finally:
+            self.seq_blocks.pop(name.lower(), None)
             self.learned.pop(name.lower(), None)
+            self.null_shards = metadata.null_shards(self.learned)
+            self.sequences = metadata.sequences(self.learned)
             self._set_vs(metadata.overlay(self.base, self.learned))
 
     async def _drop_index(self, p: Plan, targets: list[str], session: ClientSession) -> ShardResult:
@@ -700,7 +1325,19 @@ class Executor:
             return await self.run_ddl(p, params, session)
         if p.kind == "noop":
             return ShardResult(columns=[], rowcount=-1)
+        if p.kind == "explain":
+            return await explain.describe(self, p, params, session)
         raise NotSupportedError(f"plan kind {p.kind} cannot run here")
+
+
+def _insert_head(head: str, name: str, columns: list[str]) -> str:
+    """``INSERT [OR …] INTO name (columns) VALUES (?, …)`` keeping the head's OR clause."""
+    words = head.split()
+    alt = f" OR {words[2]}" if len(words) > 2 and words[1].upper() == "OR" else ""
+    return (
+        f"INSERT{alt} INTO {_quote(name)} ({', '.join(_quote(c) for c in columns)}) "
+        f"VALUES ({', '.join('?' * len(columns))})"
+    )
 
 
 def _combine(results: list[ShardResult]) -> ShardResult:

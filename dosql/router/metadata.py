@@ -5,7 +5,19 @@ its placement (``shard_by_primary_key`` or ``unsharded``) and stores it as
 cluster metadata on the default shard: key ``table:<name>``, value the
 table's VSchema entry as JSON (``VSchema.to_dict()["tables"][name]``). Every
 router loads these at start (and a restarted one routes the table the same
-way); ``DROP TABLE`` deletes the key.
+way); ``DROP TABLE`` deletes the key. Views created through the router are
+kept the same way, under ``view:<name>`` with their CREATE VIEW text.
+
+A table sharded under ``shard_by_primary_key`` whose sharding column can hold
+NULL (anything but an INTEGER PRIMARY KEY) keeps its NULL-key rows on the
+default shard: the entry then carries ``"null_shard": "<shard id>"`` beside
+the VSchema keys (stripped before the entry reaches ``vschema.from_dict``).
+Tables listed in the VSchema keep refusing NULL keys (SHARDING_KEY_NULL).
+
+A table sharded by its INTEGER PRIMARY KEY instead gets ``"sequence": true``:
+the router assigns keys the client leaves NULL (or out) from a sequence kept
+on the default shard under ``seq:<table>`` (the next free id), taking blocks
+of ids in one IMMEDIATE transaction there (see ``Executor.next_ids``).
 """
 
 from __future__ import annotations
@@ -18,6 +30,24 @@ from dosql import protocol
 from dosql.router.pool import ShardConnection, ShardPool
 
 PREFIX = "table:"
+NULL_SHARD = "null_shard"
+SEQUENCE = "sequence"
+SEQ_PREFIX = "seq:"
+_ROUTER_KEYS = (NULL_SHARD, SEQUENCE)
+
+
+def sequences(learned: dict[str, dict[str, Any]]) -> set[str]:
+    """Tables whose INTEGER PRIMARY KEY sharding key the router assigns (lower case)."""
+    return {name.lower() for name, entry in learned.items() if entry.get(SEQUENCE)}
+
+
+def null_shards(learned: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Tables whose NULL-key rows live on one shard: name (lower case) -> shard id."""
+    return {
+        name.lower(): str(entry[NULL_SHARD])
+        for name, entry in learned.items()
+        if NULL_SHARD in entry
+    }
 
 
 async def load(pool: ShardPool) -> dict[str, dict[str, Any]]:
@@ -51,6 +81,30 @@ async def store(
         await pool.run(put)
 
 
+VIEW_PREFIX = "view:"
+
+
+async def load_views(pool: ShardPool) -> dict[str, str]:
+    """Views created through the router: name (lower case) -> CREATE VIEW text."""
+    result = await pool.run(
+        lambda c: c.call(lambda rid: protocol.MetaGet(id=rid, prefix=VIEW_PREFIX))
+    )
+    values = (result.info or {}).get("values") or {}
+    return {k[len(VIEW_PREFIX) :]: v for k, v in values.items() if v and k.startswith(VIEW_PREFIX)}
+
+
+async def store_view(
+    pool: ShardPool, name: str, ddl: str | None, conn: ShardConnection | None = None
+) -> None:
+    async def put(c: ShardConnection) -> Any:
+        return await c.call(lambda rid: protocol.MetaSet(id=rid, key=VIEW_PREFIX + name, value=ddl))
+
+    if conn is not None:
+        await put(conn)
+    else:
+        await pool.run(put)
+
+
 def table_entry(vs: Any, name: str) -> dict[str, Any]:
     return vs.to_dict()["tables"][vs.table(name).name]
 
@@ -62,7 +116,8 @@ def overlay(base: Any, learned: dict[str, dict[str, Any]]) -> Any:
     data = base.to_dict()
     tables = dict(data["tables"])
     lower = {k.lower(): k for k in tables}
-    for name, entry in learned.items():
+    for name, full in learned.items():
+        entry = {k: v for k, v in full.items() if k not in _ROUTER_KEYS}
         key = lower.get(name.lower())
         if key is None:
             tables[name] = entry

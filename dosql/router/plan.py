@@ -15,6 +15,11 @@ Plan kinds (``Plan.kind``):
 - ``insert`` — INSERT … VALUES into a sharded table: rows split per shard.
 - ``ddl``    — CREATE/DROP/ALTER: every shard that holds the table.
 - ``tx``     — BEGIN/COMMIT/ROLLBACK.
+- ``explain`` — EXPLAIN <statement>: ``inner`` is described as rows, not run.
+
+A ``read`` plan with ``gather`` set has a router-side fallback
+(:mod:`dosql.router.gather`): with no ``route`` it always runs that way;
+otherwise when its route needs several shards and ``pushed`` cannot merge.
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class AggSpec:
 
 @dataclass
 class Plan:
-    kind: Literal["read", "write", "insert", "ddl", "tx", "noop"]
+    kind: Literal["read", "write", "insert", "ddl", "tx", "noop", "explain"]
     text: str
     route: Route | None = None
     is_write: bool = False
@@ -121,6 +126,8 @@ class Plan:
     aggregates: tuple[AggSpec, ...] | None = None
     probe_from: str | None = None  # FROM clause text for collation probes
     refuse_scatter: str | None = None  # why the statement cannot run on several shards
+    gather: Any = None  # gather.Gather: the router-side fallback (route None: always)
+    group: Any = None  # groupby.GroupPlan: partial aggregation over several shards
     # writes
     table: str | None = None
     needs_tx: bool = True  # several shards: wrap in one router transaction
@@ -130,13 +137,24 @@ class Plan:
     insert_tail: int = 0  # char offset after the last row
     key_column: str | None = None
     key_index: int | None = None  # position in the VALUES tuple; None: table order
+    # insert … select: the source statement runs through the router, rows go to insert_sql
+    source_sql: str | None = None
+    source_params: tuple[int, ...] | None = None
+    insert_columns: tuple[str, ...] | None = None
+    insert_sql: str | None = None  # the INSERT head ("INSERT OR … INTO t(cols) ")
+    # update/delete answered router-side (dml.DmlSpec)
+    dml: Any = None
     # ddl
     ddl_action: str | None = None
     ddl_learn: Literal["listed", "policy"] | None = None
     if_exists: bool = False
     tolerate_missing: bool = False  # DROP INDEX: fine if some shards lack it
     # tx
-    tx_op: Literal["begin", "commit", "rollback"] | None = None
+    tx_op: Literal["begin", "commit", "rollback", "savepoint", "release", "rollback_to"] | None = (
+        None
+    )
     tx_mode: Literal["deferred", "immediate"] = "deferred"
+    # explain: the plan of the statement after EXPLAIN
+    inner: Plan | None = None
     # filled at run time (collations learned by probing)
     cache: dict[str, Any] = field(default_factory=dict)

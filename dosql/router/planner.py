@@ -1,29 +1,44 @@
 """From SQL text to a :class:`~dosql.router.plan.Plan` (sqlglot, SQLite dialect).
 
 The planner decides, once per statement text, where a statement goes and
-how results are merged. It is deliberately conservative: anything whose
-answer through the router might differ from a single SQLite database is
-refused with a :class:`NotSupportedError` naming what is unsupported.
+how results are combined. Every plan is per-shard SQL spliced from the
+client's own text plus, where needed, a router-side step whose semantics are
+SQLite's (an in-memory SQLite database), so an answer through the router is
+the answer of one SQLite database holding all rows.
 
-Handled now:
+Read plans, fastest first:
 
-- SELECT on one sharded table: equality / IN (literals or parameters) on the
-  sharding column pins shards; range predicates narrow a range vindex; other
-  SELECTs scatter and merge (concatenation, ORDER BY k-way merge, LIMIT and
-  OFFSET, COUNT/SUM/MIN/MAX/AVG/TOTAL without GROUP BY).
-- Statements whose tables are all reference or unsharded (on one shard): run
-  whole on one shard (writes to reference tables on every shard).
-- INSERT … VALUES split per shard by each row's sharding value; UPDATE and
-  DELETE routed like SELECT (never changing the sharding column).
-- DDL on every shard that holds the table; CREATE TABLE of unlisted tables
-  follows the VSchema's ``default_table`` policy.
-- BEGIN / COMMIT / END / ROLLBACK.
+- one shard: a WHERE that pins the sharding column (=, IN, OR of those; a
+  range on a range vindex), reference-only or unsharded-only statements, and
+  co-located joins (every sharded table joined on its sharding key, same
+  vindex and key type) pinned by one key — the statement as written;
+- scatter + merge of a single-table SELECT: concatenation, k-way ORDER BY
+  merge, LIMIT/OFFSET, COUNT/SUM/MIN/MAX/AVG/TOTAL without GROUP BY;
+- partial aggregation for GROUP BY with plain COUNT/SUM/TOTAL/MIN/MAX/AVG
+  (:mod:`dosql.router.groupby`);
+- everything else (joins, subqueries, CTEs, set operations, DISTINCT,
+  window functions, DISTINCT aggregates, GROUP_CONCAT, views): the gather
+  plan (:mod:`dosql.router.gather`).
 
-Refused (NotSupportedError with the reason): joins, subqueries, CTEs and
-compound selects that involve a sharded table; DISTINCT, GROUP BY, HAVING,
-window functions and other aggregates on a scattered SELECT; UPDATE of the
-sharding column; INSERT … SELECT into a sharded table; savepoints, views,
-triggers, ATTACH, temporary tables, EXPLAIN.
+Writes: INSERT … VALUES split per shard by key (NULL keys of policy tables
+on the default shard; sequence keys assigned by the router); INSERT …
+SELECT and VALUES with expressions run their source through the router,
+then route the rows; UPDATE/DELETE routed like SELECT, or router-side when
+they hold subqueries/joins/FROM or move rows (:mod:`dosql.router.dml`).
+DDL on every shard that holds the table (``default_table`` policy for new
+tables); views live in cluster metadata. ``EXPLAIN`` describes the plan
+(:mod:`dosql.router.explain`); ``EXPLAIN QUERY PLAN`` goes to one shard.
+
+Savepoints run on every shard (a SAVEPOINT makes every shard join the router
+transaction, so ROLLBACK TO undoes work on shards touched later too).
+
+Still refused (NotSupportedError with the reason): ATTACH,
+temporary tables, triggers, virtual tables, table
+renames and renaming/dropping a sharding column, PRAGMA assignments, ?NNN /
+@name / $name parameters, RETURNING or ON CONFLICT on writes that run
+router-side, row-value SET on those, and (at run time) reading the rowid of
+a sharded table without INTEGER PRIMARY KEY, or gathering rows that break a
+per-shard-only UNIQUE constraint.
 """
 
 from __future__ import annotations
@@ -36,12 +51,13 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from dosql.errors import NotFoundError, NotSupportedError, QueryError, ValidationError
-from dosql.router import sqltext
+from dosql.errors import NotFoundError, NotSupportedError, QueryError
+from dosql.router import dml, gather, groupby, sqltext
 from dosql.router.plan import AggSpec, Cond, Pin, Plan, RangeCond, Route, SortKey, Value
 from dosql.router.sqltext import Tok
 
 _INT = re.compile(r"[0-9]+")
+_EXPLAIN = re.compile(r"\s*EXPLAIN\s+(QUERY\s+PLAN\s+)?", re.IGNORECASE)
 _SQLITE_AGGS = {"count", "sum", "avg", "min", "max", "total", "group_concat", "string_agg"}
 
 
@@ -70,6 +86,7 @@ class Statement:
         self.words = [t.text.upper() for t in toks]
         self.params = sqltext.find_params(text, toks)
         self._ast: exp.Expression | None = None
+        self.views: dict[str, str] = {}
 
     @property
     def ast(self) -> exp.Expression:
@@ -216,7 +233,10 @@ def _whole_route(vs: Any, names: list[str], *, write: bool) -> Route:
         elif table.kind == "reference":
             any_ref = True
         else:
-            raise _refuse(f"table {name} is sharded")
+            raise _refuse(
+                f"table {name} is sharded: a statement that writes a reference table cannot "
+                "read sharded tables yet"
+            )
     if len(shards) > 1:
         raise _refuse(
             "the statement uses unsharded tables on different shards ("
@@ -322,8 +342,10 @@ def _names_for(t: exp.Table) -> set[str]:
 # --------------------------------------------------------------------------- planner
 
 
-def plan(sql: str, vs: Any) -> Plan:
+def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Plan:
+    """``views``: views created through the router, name (lower case) -> CREATE VIEW text."""
     st = Statement(sql)
+    st.views = views or {}
     first = st.words[0]
     if first == "BEGIN":
         mode = st.words[1] if len(st.words) > 1 else "DEFERRED"
@@ -336,13 +358,26 @@ def plan(sql: str, vs: Any) -> Plan:
     if first in ("COMMIT", "END"):
         return Plan("tx", st.text, tx_op="commit")
     if first == "ROLLBACK":
-        if "TO" in st.words:
-            raise _refuse("ROLLBACK TO SAVEPOINT: savepoints are not supported by the router")
+        if "TO" in st.words:  # ROLLBACK [TRANSACTION] TO [SAVEPOINT] name
+            return Plan("tx", st.text, tx_op="rollback_to", table=st.toks[-1].text.strip('"`[]'))
         return Plan("tx", st.text, tx_op="rollback")
     if first in ("SAVEPOINT", "RELEASE"):
-        raise _refuse(f"{first}: savepoints are not supported by the router")
+        if len(st.toks) < 2:
+            raise QueryError(f"{first} needs a savepoint name", code="SYNTAX_ERROR")
+        op = "savepoint" if first == "SAVEPOINT" else "release"
+        return Plan("tx", st.text, tx_op=op, table=st.toks[-1].text.strip('"`[]'))
     if first == "EXPLAIN":
-        raise _refuse("EXPLAIN through the router comes with the next version")
+        if len(st.toks) < 2:
+            raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
+        m = _EXPLAIN.match(st.text)
+        rest = st.text[m.end() :] if m else ""
+        if not rest.strip():
+            raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
+        inner = plan(rest, vs)
+        if m and m.group(1):  # EXPLAIN QUERY PLAN: SQLite's own plan, from one shard
+            route = inner.route if inner.route and inner.route.kind == "shard" else Route("any")
+            return Plan("read", st.text, route=route)
+        return Plan("explain", st.text, inner=inner)
     if first in ("ATTACH", "DETACH"):
         raise _refuse(f"{first}: shards manage their own databases")
     if first in ("VACUUM", "ANALYZE", "REINDEX"):
@@ -356,7 +391,7 @@ def plan(sql: str, vs: Any) -> Plan:
         return _plan_insert(st, ast, vs)
     if isinstance(ast, exp.Update | exp.Delete):
         return _plan_update_delete(st, ast, vs)
-    if isinstance(ast, exp.Query):
+    if isinstance(ast, exp.Query | exp.Values):
         return _plan_select(st, ast, vs)
     raise _refuse(f"statement type {first} is not supported by the router")
 
@@ -383,19 +418,31 @@ def _plan_pragma(st: Statement, vs: Any) -> Plan:
 def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
     tables = physical_tables(ast)
     names = [_table_name(t) for t in tables]
+    if st.views and any(n in st.views and not vs.has_table(n) for n in names):
+        return Plan("read", st.text, gather=gather.build(st, ast, vs))  # views: router-side
     sharded = [n for n in names if not _is_internal(n) and _vs_table(vs, n).kind == "sharded"]
     if not sharded:
-        return Plan("read", st.text, route=_whole_route(vs, names, write=False))
+        try:
+            return Plan("read", st.text, route=_whole_route(vs, names, write=False))
+        except NotSupportedError:  # unsharded tables on several shards
+            return Plan("read", st.text, gather=gather.build(st, ast, vs))
     name = sharded[0]
-    if len(tables) > 1 or ast.find(exp.CTE) is not None:
-        raise _refuse(
-            f"joins, subqueries and CTEs involving sharded table {name} are not supported yet"
-        )
-    if not isinstance(ast, exp.Select):
-        raise _refuse(f"UNION/INTERSECT/EXCEPT involving sharded table {name} is not supported yet")
-    from_ = ast.args.get("from_") or ast.args.get("from")
-    if from_ is None or from_.this is not tables[0] or ast.args.get("joins"):
-        raise _refuse(f"sharded table {name} inside a subquery is not supported yet")
+    from_ = ast.args.get("from_") or ast.args.get("from") if isinstance(ast, exp.Select) else None
+    if (
+        len(tables) > 1
+        or ast.find(exp.CTE) is not None
+        or not isinstance(ast, exp.Select)
+        or from_ is None
+        or from_.this is not tables[0]
+        or ast.args.get("joins")
+    ):
+        p = Plan("read", st.text, gather=gather.build(st, ast, vs))
+        co = _colocated(ast, tables, vs) if isinstance(ast, exp.Select) else None
+        if co is not None:  # one shard holds every joined row: the statement as written
+            p.route, p.table = co, co.table
+            p.cache["colocated"] = sorted({_table_name(t) for t in tables})
+            p.refuse_scatter = "a co-located join over several shards runs router-side"
+        return p
     table = vs.table(name)
     conds = where_conds(ast.args.get("where"), str(table.column).lower(), _names_for(tables[0]))
     route = Route("sharded", table=name, conds=conds)
@@ -405,7 +452,94 @@ def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
     except NotSupportedError as exc:
         # Still fine when the route pins a single shard; decided at run time.
         p.refuse_scatter = exc.message
+    if p.refuse_scatter and ast.args.get("group"):
+        try:
+            p.group = groupby.plan(st, ast)
+        except NotSupportedError:
+            p.group = None
+    if p.refuse_scatter or p.pushed is None:
+        try:
+            p.gather = gather.build(st, ast, vs)
+        except NotSupportedError:
+            p.gather = None  # refused at run time if it needs several shards
     return p
+
+
+def _colocated(ast: exp.Select, tables: list[exp.Table], vs: Any) -> Route | None:
+    """A route pinning a join whose sharded tables are all joined on their sharding keys.
+
+    Every sharded table must be a top-level FROM/JOIN source (inner, comma, CROSS or
+    LEFT join), all of them connected by ``a.key = b.key`` conjuncts (ON or WHERE)
+    and sharing one vindex and key type; reference tables may join freely. Then
+    every row that can join lives on the shard owning the key value, so a WHERE
+    that pins one key pins the statement to that shard (several shards: gather).
+    """
+    from_ = ast.args.get("from_") or ast.args.get("from")
+    if from_ is None:
+        return None
+    joins = ast.args.get("joins") or []
+    sources = [from_.this] + [j.this for j in joins]
+    for j in joins:
+        side = str(j.args.get("side") or "").upper()
+        if side in ("RIGHT", "FULL") or j.args.get("using") or j.args.get("method"):
+            return None
+    top = {id(s) for s in sources}
+    refs: dict[str, tuple[str, Any]] = {}  # qualifier -> (table name, vindex table)
+    for t in tables:
+        name = _table_name(t)
+        if _is_internal(name):
+            return None
+        table = vs.table(name)
+        if table.kind == "unsharded":
+            return None
+        if table.kind != "sharded":
+            continue
+        if id(t) not in top:
+            return None  # a sharded table inside a subquery/CTE
+        qual = str(t.alias).lower() if t.alias else name
+        if qual in refs:
+            return None
+        refs[qual] = (name, table)
+    if len(refs) < 2:
+        return None
+    first = next(iter(refs.values()))[1]
+    for _, table in refs.values():
+        if (
+            table.vindex != first.vindex
+            or not table.column_type
+            or table.column_type.strip().upper() != str(first.column_type).strip().upper()
+        ):
+            return None
+    parent = {q: q for q in refs}
+
+    def find(q: str) -> str:
+        while parent[q] != q:
+            q = parent[q]
+        return q
+
+    conjuncts = _conjuncts(ast.args.get("where").this if ast.args.get("where") else None)
+    for j in joins:
+        conjuncts += _conjuncts(j.args.get("on"))
+    for c in conjuncts:
+        if not isinstance(c, exp.EQ):
+            continue
+        a, b = c.this, c.expression
+        if not (isinstance(a, exp.Column) and isinstance(b, exp.Column)):
+            continue
+        qa, qb = str(a.table).lower(), str(b.table).lower()
+        if qa in refs and qb in refs:
+            ka, kb = str(refs[qa][1].column).lower(), str(refs[qb][1].column).lower()
+            if str(a.name).lower() == ka and str(b.name).lower() == kb:
+                parent[find(qa)] = find(qb)
+    if len({find(q) for q in refs}) != 1:
+        return None
+    where = ast.args.get("where")
+    for qual, (name, table) in refs.items():
+        conds = where_conds(where, str(table.column).lower(), {qual})
+        conds = tuple(c for c in conds if isinstance(c, Pin))
+        if conds:
+            return Route("sharded", table=name, conds=conds)
+    return None
 
 
 def _clause_starts(st: Statement, from_i: int) -> dict[TokenType, int]:
@@ -663,24 +797,28 @@ def _plan_update_delete(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
     names = [_table_name(t) for t in tables]
     table = _vs_table(vs, tname)
     if table.kind != "sharded":
-        return Plan(
-            "write", st.text, route=_whole_route(vs, names, write=True), is_write=True, table=tname
-        )
-    if len(tables) > 1 or ast.args.get("from_") or ast.args.get("using"):
-        raise _refuse(
-            f"subqueries, joins and FROM/USING in writes to sharded table {tname} "
-            "are not supported yet"
-        )
+        try:
+            route = _whole_route(vs, names, write=True)
+        except NotSupportedError:
+            if table.kind != "unsharded":
+                raise
+            p = Plan("write", st.text, is_write=True, table=tname)  # reads sharded tables
+            p.dml = dml.plan(st, ast, tname, vs)
+            return p
+        return Plan("write", st.text, route=route, is_write=True, table=tname)
     column = str(table.column).lower()
+    moves = False
     if isinstance(ast, exp.Update):
         for assign in ast.expressions:
             cols = assign.this.expressions if isinstance(assign.this, exp.Tuple) else [assign.this]
             for col in cols:
                 if isinstance(col, exp.Column) and str(col.name).lower() == column:
-                    raise _refuse(
-                        f"UPDATE of sharding column {column} of table {tname} would move rows "
-                        "between shards; not supported yet (DELETE the row and INSERT it again)"
-                    )
+                    moves = True
+    if moves or len(tables) > 1 or ast.args.get("from_") or ast.args.get("using"):
+        # subqueries, joins, UPDATE … FROM, or rows that may move: answered router-side
+        p = Plan("write", st.text, is_write=True, table=tname)
+        p.dml = dml.plan(st, ast, tname, vs)
+        return p
     conds = where_conds(ast.args.get("where"), column, _names_for(target))
     p = Plan(
         "write",
@@ -706,9 +844,11 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
     table = _vs_table(vs, tname)
     names = [_table_name(t) for t in physical_tables(ast)]
     if table.kind != "sharded":
-        return Plan(
-            "write", st.text, route=_whole_route(vs, names, write=True), is_write=True, table=tname
-        )
+        try:
+            route = _whole_route(vs, names, write=True)
+        except NotSupportedError:  # reads sharded tables: run the source through the router
+            return _plan_insert_select(st, ast, tname, columns)
+        return Plan("write", st.text, route=route, is_write=True, table=tname)
     column = str(table.column).lower()
     source = ast.expression
     if ast.args.get("default"):
@@ -717,7 +857,7 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
             f"{column} needs a value"
         )
     if not isinstance(source, exp.Values) or len(names) > 1:
-        raise _refuse(f"INSERT … SELECT into sharded table {tname} is not supported yet")
+        return _plan_insert_select(st, ast, tname, columns)
     conflict = ast.args.get("conflict")
     if conflict is not None:
         for assign in conflict.expressions or []:
@@ -726,13 +866,8 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
                 raise _refuse(f"ON CONFLICT … DO UPDATE of sharding column {column}")
     key_index: int | None = None
     if columns is not None:
-        if column not in columns:
-            raise ValidationError(
-                f"INSERT into {tname} must give a value for its sharding column {column}",
-                code="SHARDING_KEY_NULL",
-                details={"table": tname, "column": column},
-            )
-        key_index = columns.index(column)
+        # -1: the sharding column is not given (its default decides; NULL only where allowed)
+        key_index = columns.index(column) if column in columns else -1
     # row spans: after VALUES at depth 0
     toks = st.toks
     vi = next((i for i, t in enumerate(toks) if t.type == TokenType.VALUES and t.depth == 0), None)
@@ -756,19 +891,21 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
     rows: list[tuple[Value, int, int, tuple[int, ...]]] = []
     for (a, b), tup in zip(rows_tok, tuples, strict=True):
         vals = tup.expressions if isinstance(tup, exp.Tuple) else [tup]
-        if key_index is not None:
+        if key_index == -1:
+            v = Value(const=None)
+        elif key_index is not None:
             if key_index >= len(vals):
                 raise QueryError(
                     f"{len(vals)} values for {len(columns or [])} columns", code="QUERY_ERROR"
                 )
             v = value_of(vals[key_index])
-            if v is None:
-                raise _refuse(
-                    f"the value for sharding column {column} in an INSERT into {tname} must "
-                    "be a literal or a parameter"
-                )
+            if v is None:  # an expression: evaluate the VALUES first, then route the rows
+                return _plan_insert_select(st, ast, tname, columns)
         else:
-            v = Value(const=[value_of(x) for x in vals])  # resolved with the table's columns
+            consts = [value_of(x) for x in vals]
+            if any(c is None for c in consts):  # expressions: evaluate first, then route
+                return _plan_insert_select(st, ast, tname, columns)
+            v = Value(const=consts)  # resolved with the table's columns
         row_params = st.spans_params([(toks[a].start, toks[b].end)]) or ()
         rows.append((v, toks[a].start, toks[b].end, row_params))
     head, tail = toks[rows_tok[0][0]].start, toks[rows_tok[-1][1]].end
@@ -786,6 +923,46 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
     )
     p.cache["head_params"] = st.spans_params([(0, head)]) or ()
     p.cache["tail_params"] = st.spans_params([(tail, len(st.text))]) or ()
+    if ast.args.get("returning") is None and conflict is None and tail == len(st.text):
+        # sequence tables: rows without a key take this path (their key is assigned)
+        p.cache["as_select"] = (
+            st.text[: toks[vi].start],
+            st.text[toks[vi].start : tail],
+            st.spans_params([(toks[vi].start, tail)]),
+            tuple(columns) if columns is not None else None,
+        )
+    return p
+
+
+def _plan_insert_select(
+    st: Statement, ast: exp.Insert, tname: str, columns: list[str] | None
+) -> Plan:
+    """INSERT … SELECT (or VALUES with expressions): the source runs through the router."""
+    if ast.args.get("returning"):
+        raise _refuse("RETURNING on an INSERT … SELECT that spans shards is not supported yet")
+    if ast.args.get("conflict") is not None:
+        raise _refuse("INSERT … SELECT … ON CONFLICT across shards is not supported yet")
+    toks = st.toks
+    start = next(
+        (
+            i
+            for i, t in enumerate(toks)
+            if i > 1
+            and t.depth == 0
+            and t.type in (TokenType.SELECT, TokenType.WITH, TokenType.VALUES)
+        ),
+        None,
+    )
+    if start is None:
+        raise _refuse("could not find the SELECT of this INSERT")
+    head = st.text[: toks[start].start]
+    if _has_params(st, (0, toks[start].start)):
+        raise _refuse("parameters before the SELECT of an INSERT … SELECT")
+    p = Plan("write", st.text, is_write=True, table=tname)
+    p.source_sql = st.text[toks[start].start :]
+    p.source_params = st.spans_params([(toks[start].start, len(st.text))])
+    p.insert_columns = tuple(columns) if columns is not None else None
+    p.insert_sql = head
     return p
 
 
@@ -830,12 +1007,26 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
         if kind == "TABLE":
             exists, i = _skip_if_exists(w, i + 1, negated=True)
             name, i = _ident(toks, i)
-            if i < len(w) and w[i] == "AS":
-                raise _refuse("CREATE TABLE … AS SELECT through the router is not supported yet")
             if _is_internal(name) or name.startswith("_dosql"):
                 raise QueryError(
                     f"table name {name} is reserved for internal tables", code="INTERNAL_TABLE"
                 )
+            if i < len(w) and w[i] == "AS":  # the SELECT runs router-side, then rows are routed
+                if i + 1 >= len(toks):
+                    raise QueryError("CREATE TABLE … AS needs a SELECT", code="SYNTAX_ERROR")
+                if _has_params(st, (0, len(st.text))):
+                    raise QueryError(
+                        "parameters are not allowed in CREATE TABLE … AS", code="QUERY_ERROR"
+                    )
+                p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_table_as")
+                p.if_exists = exists
+                p.source_sql = st.text[toks[i + 1].start :]
+                src = Statement(p.source_sql)
+                src.views = st.views
+                if not isinstance(src.ast, exp.Query):
+                    raise QueryError("CREATE TABLE … AS needs a SELECT", code="SYNTAX_ERROR")
+                p.gather = gather.build(src, src.ast, vs)
+                return p
             p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_table")
             p.if_exists = exists
             if vs.has_table(name):
@@ -869,6 +1060,23 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
                 table=tname,
                 ddl_action="create_index",
             )
+        if kind == "VIEW":
+            exists, i = _skip_if_exists(w, i + 1, negated=True)
+            name, i = _ident(toks, i)
+            if vs.has_table(name):
+                raise QueryError(f"table {name} already exists", code="QUERY_ERROR")
+            if name in st.views and not exists:
+                raise QueryError(f"view {name} already exists", code="QUERY_ERROR")
+            as_i = next((j for j in range(i, len(w)) if w[j] == "AS" and toks[j].depth == 0), None)
+            if as_i is None or as_i + 1 >= len(toks):
+                raise QueryError("CREATE VIEW needs AS SELECT …", code="SYNTAX_ERROR")
+            body = Statement(st.text[toks[as_i + 1].start :])
+            if body.params.positional or body.params.named:
+                raise QueryError("parameters are not allowed in views", code="QUERY_ERROR")
+            body.ast  # noqa: B018 — parse now: a view the router cannot parse is refused here
+            p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_view")
+            p.if_exists = exists or name in st.views
+            return p
         raise _refuse(f"CREATE {kind} through the router is not supported yet")
     if w[0] == "DROP":
         kind = w[1] if len(w) > 1 else ""
@@ -898,6 +1106,13 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
                 tolerate_missing=True,
                 if_exists=exists,
             )
+        if kind == "VIEW":
+            name, _ = _ident(toks, i)
+            if name not in st.views:
+                if exists:
+                    return Plan("noop", st.text, is_write=True)
+                raise QueryError(f"no such view: {name}", code="QUERY_ERROR")
+            return Plan("ddl", st.text, is_write=True, table=name, ddl_action="drop_view")
         raise _refuse(f"DROP {kind} through the router is not supported yet")
     if w[0] == "ALTER":
         if len(w) < 3 or w[1] != "TABLE":

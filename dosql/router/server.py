@@ -271,7 +271,20 @@ class Router:
             else:
                 for params in m.seq_params:
                     protocol.check_params(params)
+            from dosql.router import timetravel  # FOR SYSTEM_TIME / dosql_history(): the lake
+
+            temporal = timetravel.detect(m.sql)
+            if temporal is not None:
+                result = await timetravel.execute(self, session, temporal, m)
+                await self.send_result(ws, m.id, result)
+                return "timetravel"
             p = await self._plan(m.sql)
+            if p.kind == "tx" and p.tx_op in ("savepoint", "release", "rollback_to"):
+                had = session.tx is not None
+                await ex.savepoint(session, p)
+                self.metrics.active_tx.inc((session.tx is not None) - had)
+                await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
+                return "tx"
             if p.kind == "tx":
                 await self.transaction(session, p.tx_op, p.tx_mode, sql=True)  # type: ignore[arg-type]
                 await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))

@@ -86,15 +86,47 @@ def test_plan_shapes():
 @pytest.mark.parametrize(
     "sql",
     [
-        "UPDATE users SET tenant_id = 3",
         "SELECT * FROM users JOIN orders USING (tenant_id)",
         "WITH x AS (SELECT * FROM users) SELECT * FROM x",
         "SELECT tenant_id FROM users UNION SELECT tenant_id FROM orders",
-        "INSERT INTO users SELECT * FROM orders",
+        "SELECT (SELECT count(*) FROM orders o WHERE o.tenant_id = u.tenant_id) FROM users u",
+    ],
+)
+def test_multi_table_reads_gather(sql):
+    p = plan(sql, VS)
+    assert p.kind == "read" and p.route is None and p.gather is not None
+    assert {r.name for r in p.gather.refs} <= {"users", "orders"}
+
+
+def test_gather_pushes_single_table_conjuncts():
+    p = plan(
+        "SELECT * FROM users u, orders o WHERE u.tenant_id = ? AND o.amount > 5 AND u.name = o.id",
+        VS,
+    )
+    refs = {r.name: r for r in p.gather.refs}
+    assert [c.text for c in refs["users"].candidates] == ["u.tenant_id = ?"]
+    assert refs["users"].candidates[0].params == (0,) and refs["users"].candidates[0].conds
+    assert [c.text for c in refs["orders"].candidates] == ["o.amount > 5"]
+    # LEFT JOIN: WHERE terms on the null-extended side must not be pushed
+    p = plan(
+        "SELECT * FROM users u LEFT JOIN orders o ON u.tenant_id = o.tenant_id WHERE o.id IS NULL",
+        VS,
+    )
+    assert all(not r.candidates for r in p.gather.refs)
+
+
+def test_insert_select_runs_its_source_through_the_router():
+    p = plan("INSERT INTO users SELECT * FROM orders WHERE amount > ?", VS)
+    assert p.source_sql == "SELECT * FROM orders WHERE amount > ?" and p.source_params == (0,)
+    assert p.insert_sql.strip() == "INSERT INTO users"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
         "CREATE TEMP TABLE t (a)",
         "ALTER TABLE users RENAME TO people",
         "ALTER TABLE users DROP COLUMN tenant_id",
-        "CREATE VIEW v AS SELECT 1",
         "SELECT * FROM users WHERE tenant_id = @t",
     ],
 )
