@@ -11,7 +11,8 @@ statements actually parsed: a repeated statement is parsed once).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -53,7 +54,10 @@ class RouterMetrics:
             self.scatter_reads += 1
         self.scatter_ratio.set(self.scatter_reads / self.reads)
 
-    def refresh(self, p99: Callable[[], dict[str, float]], healthy: Callable[[], float]) -> None:
-        for shard, value in p99().items():
-            self.shard_p99.labels(shard).set(value)
-        self.health.set(healthy())
+    def watch(self, pools: Mapping[str, Any]) -> None:
+        """Shard latency and health gauges are computed when scraped, not per request."""
+        for shard, pool in pools.items():
+            self.shard_p99.labels(shard).set_function(pool.p99)
+        self.health.set_function(
+            lambda: sum(1 for p in pools.values() if p.healthy is not False) / max(1, len(pools))
+        )

@@ -122,6 +122,7 @@ class Router:
                 metrics=self.metrics,
                 query_timeout_ms=self.config.router.query_timeout_ms,
             )
+            self.metrics.watch(pools)
             try:
                 await self.executor.load_metadata()
             except DoSQLError as exc:
@@ -166,17 +167,7 @@ class Router:
             for sid, pool in self.executor.pools.items():
                 n.start_soon(one, sid, pool)
         ok = all(v["status"] == "ok" for v in out.values())
-        self._refresh_gauges()
         return {"status": "ok" if ok else "degraded", "shards": out}
-
-    def _refresh_gauges(self) -> None:
-        ex = self.executor
-        if ex is None:
-            return
-        self.metrics.refresh(
-            lambda: {sid: p.p99() for sid, p in ex.pools.items()},
-            lambda: sum(1 for p in ex.pools.values() if p.healthy is not False) / len(ex.pools),
-        )
 
     # ------------------------------------------------------------------ client protocol
 
@@ -233,7 +224,6 @@ class Router:
             self.metrics.query_duration.labels(kind).observe((time.perf_counter() - started) * 1e3)
             self.metrics.queries.labels(kind).inc()
             logs.trace_id.reset(token)
-            self._refresh_gauges()
 
     async def _plan(self, sql: str) -> Plan:
         ex = self.executor

@@ -75,6 +75,26 @@ def iter_chunks(cur: sqlite3.Cursor, max_rows: int, max_bytes: int) -> Iterator[
         yield out
 
 
+def is_select(sql: str) -> bool:
+    """Whether the statement's first keyword is SELECT (skipping blanks and comments)."""
+    i, n = 0, len(sql)
+    while i < n:
+        if sql[i].isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        else:
+            break
+    end = i + 6
+    return sql[i:end].lower() == "select" and (
+        end == n or not (sql[end].isalnum() or sql[end] == "_")
+    )
+
+
 class Shard:
     """One SQLite database: pool of connections, txid/commit_ts counters, change log."""
 
@@ -248,6 +268,9 @@ class Shard:
         statement has committed, so a client never sees success for something
         that did not commit.
         """
+        # A SELECT cannot change anything, so it needs no captured transaction of its
+        # own: SQLite's implicit one is enough and saves a BEGIN and a COMMIT.
+        autocommit = autocommit and not is_select(sql)
         if autocommit:
             self.begin(state, immediate=False)
         cur: sqlite3.Cursor | None = None
