@@ -36,7 +36,6 @@ needs to recreate a dropped table under a new name.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -58,6 +57,7 @@ from dosql.errors import (
     QueryError,
     ValidationError,
 )
+from dosql.router import gather
 from dosql.router.pool import ShardResult
 from dosql.timetravel.dialect import HISTORY_FUNCTION
 from dosql.timetravel.points import LsnPoint, SnapshotPoint, TimestampPoint, format_micros
@@ -277,39 +277,8 @@ def run_memory(
     tables: list[MemTable], sql: str, params: Any, timeout_ms: int | None
 ) -> tuple[list[str], list[str | None] | None, list[list[Any]]]:
     """Create and fill ``tables`` in a fresh in-memory SQLite, run ``sql`` there."""
-    from dosql.shard.decltypes import decltypes
-    from dosql.shard.errormap import map_error
-
-    con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-    try:
-        for t in tables:
-            for ddl in t.ddl:
-                con.execute(ddl)
-        con.execute("BEGIN")
-        for t in tables:
-            if not t.rows:
-                continue
-            ins = (
-                f"INSERT INTO {_q(t.name)} ({', '.join(_q(c) for c in t.columns)}) "
-                f"VALUES ({', '.join('?' * len(t.columns))})"
-            )
-            con.executemany(ins, t.rows)
-        con.execute("COMMIT")
-        if timeout_ms:
-            deadline = time.monotonic() + timeout_ms / 1000
-            con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
-        try:
-            cur = con.execute(sql, params if params is not None else ())
-            rows = [list(r) for r in cur.fetchall()]
-        except DoSQLError:
-            raise
-        except Exception as exc:
-            raise map_error(exc) from None
-        columns = [d[0] for d in cur.description] if cur.description else []
-        types = decltypes(con, sql, len(columns)) if columns else None
-        return columns, types, rows
-    finally:
-        con.close()
+    data = [(t.name, t.columns, list(t.rows)) for t in tables]
+    return gather.run_local(tables, data, sql, params, timeout_ms)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- execution
