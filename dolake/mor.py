@@ -22,8 +22,10 @@ Iceberg spec (and pyiceberg's ``DeleteFileIndex``) scope a position-delete
 file to one partition.
 
 Finding the old rows must not cost O(table): :class:`KeyIndex` keeps
-``key -> (data file, row position, owner shard)`` per mirror table in a
-local SQLite file. It is *derived* state: it records the mirror snapshot it
+``key -> (data file, row position, owner shard, commit time)`` per mirror
+table in a local SQLite file (the commit time of the row's image, from the
+mirror's ``_dosql_commit_ts``: the writer compares it when another shard
+sends an image of the same key). It is *derived* state: it records the mirror snapshot it
 reflects and is updated right after each mirror commit; when it is missing,
 unreadable or names another snapshot (a crash between the Iceberg commit and
 the index update, or another writer), it is rebuilt from the mirror's current
@@ -253,8 +255,13 @@ def _canon(v: Any) -> Any:
     return ["?", repr(v)]
 
 
+# Bumped when the index tables change: an index file of another version is
+# derived state of an older writer and is dropped and rebuilt.
+INDEX_VERSION = 2
+
+
 class KeyIndex:
-    """``key -> (data file, position, owner shard)`` for one mirror table.
+    """``key -> (data file, position, owner shard, commit ts)`` for one mirror table.
 
     One SQLite file per table. ``snapshot_id`` is the mirror snapshot the
     index reflects; callers compare it with the table's current snapshot and
@@ -280,13 +287,20 @@ class KeyIndex:
         conn.execute("PRAGMA journal_mode=OFF")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA cache_size=-65536")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != INDEX_VERSION:  # another layout (or a new file): start over
+            conn.executescript(
+                "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS files; DROP TABLE IF EXISTS keys;"
+            )
+            conn.execute(f"PRAGMA user_version={INDEX_VERSION}")
         conn.executescript(
             """
             CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER);
             CREATE TABLE IF NOT EXISTS files (
                 id INTEGER PRIMARY KEY, path TEXT UNIQUE, spec_id INTEGER, part TEXT);
             CREATE TABLE IF NOT EXISTS keys (
-                k PRIMARY KEY, file INTEGER, pos INTEGER, shard TEXT) WITHOUT ROWID;
+                k PRIMARY KEY, file INTEGER, pos INTEGER, shard TEXT, ts INTEGER)
+                WITHOUT ROWID;
             """
         )
         return conn
@@ -314,26 +328,27 @@ class KeyIndex:
 
     # -------------------------------------------------------------- queries
 
-    def lookup(self, keys: Iterable[Any]) -> dict[Any, tuple[int, int, str | None]]:
-        """``canon key -> (file id, pos, shard)`` for the keys present."""
-        out: dict[Any, tuple[int, int, str | None]] = {}
+    def lookup(self, keys: Iterable[Any]) -> dict[Any, tuple[int, int, str | None, int | None]]:
+        """``canon key -> (file id, pos, shard, commit ts)`` for the keys present
+        (commit ts None: a row written before the mirror recorded it)."""
+        out: dict[Any, tuple[int, int, str | None, int | None]] = {}
         keys = list(keys)
         for i in range(0, len(keys), 5000):
             chunk = keys[i : i + 5000]
             marks = ",".join("?" * len(chunk))
-            for k, f, p, s in self.conn.execute(
-                f"SELECT k, file, pos, shard FROM keys WHERE k IN ({marks})", chunk
+            for k, f, p, s, ts in self.conn.execute(
+                f"SELECT k, file, pos, shard, ts FROM keys WHERE k IN ({marks})", chunk
             ):
-                out[k] = (f, p, s)
+                out[k] = (f, p, s, ts)
         return out
 
-    def owned_by(self, shards: Iterable[str]) -> dict[Any, tuple[int, int, str | None]]:
+    def owned_by(self, shards: Iterable[str]) -> dict[Any, tuple[int, int, str | None, int | None]]:
         shards = list(shards)
         marks = ",".join("?" * len(shards))
         rows = self.conn.execute(
-            f"SELECT k, file, pos, shard FROM keys WHERE shard IN ({marks})", shards
+            f"SELECT k, file, pos, shard, ts FROM keys WHERE shard IN ({marks})", shards
         )
-        return {k: (f, p, s) for k, f, p, s in rows}
+        return {k: (f, p, s, ts) for k, f, p, s, ts in rows}
 
     def files(self, ids: Iterable[int]) -> dict[int, tuple[str, int, tuple]]:
         """``file id -> (path, spec id, partition values)``."""
@@ -357,10 +372,10 @@ class KeyIndex:
         self,
         snapshot_id: int,
         removed: Iterable[Any],
-        added: Iterable[tuple[DataFile, Iterable[tuple[Any, int, str | None]]]],
+        added: Iterable[tuple[DataFile, Iterable[tuple[Any, int, str | None, int | None]]]],
     ) -> None:
         """After a mirror commit: drop ``removed`` keys, add each new data
-        file's ``(key, pos, shard)`` rows, record ``snapshot_id``.
+        file's ``(key, pos, shard, commit ts)`` rows, record ``snapshot_id``.
 
         Three synced steps (see :meth:`_open`): the snapshot id is NULL while
         rows change, so an interrupted update is seen as stale, never as current."""
@@ -372,8 +387,8 @@ class KeyIndex:
             for data_file, rows in added:
                 fid = self._add_file(data_file)
                 c.executemany(
-                    "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?)",
-                    ((k, fid, pos, shard) for k, pos, shard in rows),
+                    "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?)",
+                    ((k, fid, pos, shard, ts) for k, pos, shard, ts in rows),
                 )
             c.execute("COMMIT")
         except BaseException:
@@ -395,8 +410,8 @@ class KeyIndex:
     def rebuild(self, table: Table, read_keys) -> None:
         """Rebuild from the table's current snapshot (O(table)).
 
-        ``read_keys(arrow_table) -> list[canon key]`` turns the key columns
-        of a data file into canonical keys."""
+        ``read_keys(table, data_file) -> (canon keys, owner shards, commit
+        times)`` reads a data file's rows, by position."""
         self.reset()
         snap = table.current_snapshot()
         if snap is None:
@@ -413,10 +428,10 @@ class KeyIndex:
                 arr = deletes_cache[d.file_path].get(path)
                 if arr is not None:
                     deleted.update(arr.to_pylist())
-            keys, shards = read_keys(table, task.file)
+            keys, shards, stamps = read_keys(table, task.file)
             rows = [
-                (k, pos, s)
-                for pos, (k, s) in enumerate(zip(keys, shards, strict=True))
+                (k, pos, s, ts)
+                for pos, (k, s, ts) in enumerate(zip(keys, shards, stamps, strict=True))
                 if pos not in deleted
             ]
             added.append((task.file, rows))

@@ -36,7 +36,7 @@ column)`` and updated **merge-on-read** (see dolake/mor.py): a flush writes
 the new images of the affected keys into new data files (sorted by key, one
 per bucket touched) and position-delete files naming the old rows of those
 keys, in one snapshot. The old rows are found in a key index (key -> data
-file, row position, owner shard) kept in a local SQLite file per table under
+file, row position, owner shard, commit time) kept in a local SQLite file per table under
 ``<data dir>/lake/mirror_index/``: derived state, updated after each mirror
 commit and rebuilt from the mirror when it does not match the table's current
 snapshot. So a flush reads no data file and rewrites none: its cost follows
@@ -44,12 +44,26 @@ the batch, not the table. Tables without a primary key are keyed by
 ``(shard, rowid)`` (``_dosql_rowid``).
 
 Every mirror row also records its owner shard in the hidden column
-``_dosql_shard``: a delete from shard A removes a row only if A owns it, so a
-row that moved from A to B under the same primary key (sharding column !=
-key) survives A's delete in whatever order and flush the two arrive, and a
-reference table streamed by every shard converges to the same rows. Known
-reference tables (VSchema in the config) feed their mirror from one shard
-(the first of the VSchema) only; their change log keeps every shard's rows.
+``_dosql_shard`` and the commit time of its image (UTC microseconds) in
+``_dosql_commit_ts``. A row moves from shard A to B under the same primary key
+(sharding column != key) as A's delete and B's insert at one commit time, and
+the shards stream independently, so the two -- and A's *older* images of the
+key -- can arrive in any order and flush. Hence:
+
+- an image from shard X replaces a row owned by Y != X only if its commit
+  time is >= the row's (A's older image never takes a moved row back from B);
+  an image from the owner always applies (LSN order decides within a shard);
+- a delete from X removes the row only if X owns it (A's delete never removes
+  B's copy).
+
+After both shards streamed everything, the mirror holds exactly the shards'
+rows, whatever the flush order; a reference table streamed by every shard
+converges to the same rows. Mirrors written before ``_dosql_commit_ts``
+existed get the column on startup; their rows have it NULL, which every image
+may replace (the former rule).
+
+Known reference tables (VSchema in the config) feed their mirror from one
+shard (the first of the VSchema) only; their change log keeps every shard's rows.
 """
 
 from __future__ import annotations
@@ -107,6 +121,7 @@ log = logging.getLogger(__name__)
 MIRROR_BUCKETS = 16
 _BUCKETABLE = (LongType, StringType, BinaryType, DecimalType, DateType, TimestampType)
 DELETE = object()  # op marker: the key has no row
+COMMIT_TS_COL = "_dosql_commit_ts"  # mirror: commit time (UTC microseconds) of the row's image
 
 
 @dataclass
@@ -187,6 +202,7 @@ class Writer:
                 changelog = self.catalog.load_table((self.namespace, name + "__changelog"))
             except NoSuchTableError:
                 continue
+            mirror = _with_commit_ts(self.catalog, mirror)
             layout = _layout_from_properties(name, mirror)
             self.tables[name] = LakeTable(
                 layout,
@@ -281,7 +297,10 @@ class Writer:
         layout = lt.layout
         ids = itertools.count(1)
         user = [NestedField(next(ids), c.name, c.type, required=False) for c in layout.columns]
-        hidden = [NestedField(next(ids), SHARD_COL, StringType(), required=False)]
+        hidden = [
+            NestedField(next(ids), SHARD_COL, StringType(), required=False),
+            NestedField(next(ids), COMMIT_TS_COL, LongType(), required=False),
+        ]
         if layout.rowid_keyed:
             hidden.append(NestedField(next(ids), ROWID, LongType(), required=False))
         overflow = NestedField(next(ids), OVERFLOW, StringType(), required=False)
@@ -327,7 +346,8 @@ class Writer:
         lt.changelog = _create_or_load(
             self.catalog, (ns, layout.name + "__changelog"), Schema(*cl_fields), cl_spec, props
         )
-        lt.mirror = _create_or_load(self.catalog, (ns, layout.name), mirror_schema, spec, props)
+        mirror = _create_or_load(self.catalog, (ns, layout.name), mirror_schema, spec, props)
+        lt.mirror = _with_commit_ts(self.catalog, mirror)
 
     # ------------------------------------------------------------------ change log
 
@@ -425,20 +445,24 @@ class Writer:
         return ops, dropped
 
     @staticmethod
-    def _fold(existing: tuple[Any, str | None] | None, key_ops: list) -> tuple[Any, str] | None:
-        """Apply one key's ops to its current mirror row ``(row, owner shard)``.
+    def _fold(
+        existing: tuple[Any, str | None, int | None] | None, key_ops: list
+    ) -> tuple[Any, str, int] | None:
+        """Apply one key's ops to its current mirror row ``(row, owner, commit ts)``.
 
-        An image from shard X makes X the owner. A delete from shard A
-        removes the row only if A owns it: when a row moved from A to B, A's
-        delete never removes B's copy, whichever arrives first.
+        An image from shard X makes X the owner, but replaces a row owned by
+        another shard only if it is not older (by commit time): when a row
+        moved from A to B, A's older image arriving after B's never takes
+        the row back. A delete from shard A removes the row only if A owns
+        it: A's delete never removes B's copy, whichever arrives first.
         """
-        state: tuple[Any, str | None] | None = existing
-        for _ts, shard, image in key_ops:
+        state: tuple[Any, str | None, int | None] | None = existing
+        for ts, shard, image in key_ops:
             if image is DELETE:
                 if state is None or state[1] in (shard, None):
                     state = None
-            else:
-                state = (image, shard)
+            elif state is None or state[1] in (shard, None) or state[2] is None or ts >= state[2]:
+                state = (image, shard, ts)
         return state  # type: ignore[return-value]
 
     @staticmethod
@@ -509,7 +533,7 @@ class Writer:
         # old rows to delete: canon key -> (file id, pos)
         doomed: dict[str, tuple[int, int]] = {}
         if dropped:
-            for k, (f, p, _s) in index.owned_by(dropped).items():
+            for k, (f, p, _s, _ts) in index.owned_by(dropped).items():
                 doomed[k] = (f, p)
         arrow_schema = schema_to_pyarrow(table.schema())
         new_rows = []
@@ -518,7 +542,8 @@ class Writer:
             hit = found.get(ck)
             before = None
             if hit is not None and hit[2] not in dropped:
-                before = (DELETE, hit[2])  # the old image is never needed, only its owner
+                # the old image is never needed, only its owner and commit time
+                before = (DELETE, hit[2], hit[3])
             state = self._fold(before, key_ops)
             if state is not None and before is not None and state[0] is DELETE:
                 continue  # untouched (a delete from a non-owner)
@@ -527,9 +552,10 @@ class Writer:
             if state is None:
                 result.mirror_deletes += before is not None
                 continue
-            image, owner = state
+            image, owner, ts = state
             row, overflow = self._typed(layout, image)
             row[SHARD_COL] = owner
+            row[COMMIT_TS_COL] = ts
             if layout.rowid_keyed:
                 row[ROWID] = key[1]
             row[OVERFLOW] = overflow
@@ -562,9 +588,9 @@ class Writer:
                     delta.append_data_file(data_file)
                     result.files_written += 1
                     result.bytes_written += data_file.file_size_in_bytes
-                    keys, shards = self._file_keys(layout, table, data_file)
-                    rows = zip(keys, shards, strict=True)
-                    added.append((data_file, [(k, i, s) for i, (k, s) in enumerate(rows)]))
+                    keys, shards, stamps = self._file_keys(layout, table, data_file)
+                    rows = zip(keys, shards, stamps, strict=True)
+                    added.append((data_file, [(k, i, *r) for i, (k, *r) in enumerate(rows)]))
             for n, ((spec_id, part), rows) in enumerate(groups.items()):
                 delete_file = mor.write_position_deletes(
                     table, spec_id, part, rows, delta.commit_uuid, n
@@ -580,10 +606,11 @@ class Writer:
         lt.delete_files += result.delete_files_written
 
     def _file_keys(self, layout: TableLayout, table: Table, data_file: Any):
-        """Canonical keys and owners of a data file's rows, by position."""
+        """Canonical keys, owners and commit times of a data file's rows, by position."""
         cols = [ROWID] if layout.rowid_keyed else list(layout.primary_key)
-        data = mor.read_columns(table, data_file, [*cols, SHARD_COL, OVERFLOW])
+        data = mor.read_columns(table, data_file, [*cols, SHARD_COL, COMMIT_TS_COL, OVERFLOW])
         shards = data[SHARD_COL].to_pylist()
+        stamps = data[COMMIT_TS_COL].to_pylist()
         if (
             len(cols) == 1
             and not layout.rowid_keyed
@@ -591,8 +618,8 @@ class Writer:
             and data[cols[0]].null_count == 0
             and data[OVERFLOW].null_count == len(data)
         ):  # fast path: an integer key is its own canonical form
-            return data[cols[0]].to_pylist(), shards
-        return [mor.canon(k) for k in self._row_keys(layout, data)], shards
+            return data[cols[0]].to_pylist(), shards, stamps
+        return [mor.canon(k) for k in self._row_keys(layout, data)], shards, stamps
 
 
 def _create_or_load(
@@ -602,6 +629,17 @@ def _create_or_load(
         return catalog.load_table(ident)
     except NoSuchTableError:
         return catalog.create_table(ident, schema, partition_spec=spec, properties=props)
+
+
+def _with_commit_ts(catalog: Catalog, mirror: Table) -> Table:
+    """``mirror``, given the ``_dosql_commit_ts`` column if an older writer
+    created it without (its rows keep NULL there: see the module docstring)."""
+    if any(f.name == COMMIT_TS_COL for f in mirror.schema().fields):
+        return mirror
+    with mirror.update_schema() as us:
+        us.add_column(COMMIT_TS_COL, LongType())
+    log.info("mirror given %s", COMMIT_TS_COL, extra={"table": mirror.name()})
+    return catalog.load_table(mirror.name())
 
 
 def _layout_properties(layout: TableLayout) -> dict[str, str]:

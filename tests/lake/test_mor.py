@@ -189,8 +189,8 @@ def test_incremental_index_equals_rebuilt_index(tmp_path: Path):
 
     def located(index):
         found = index.lookup(keys)
-        paths = index.files(f for f, _p, _s in found.values())
-        return {k: (paths[f][0], p, s) for k, (f, p, s) in found.items()}
+        paths = index.files(f for f, _p, _s, _ts in found.values())
+        return {k: (paths[f][0], p, s, ts) for k, (f, p, s, ts) in found.items()}
 
     assert located(kept) == located(rebuilt)
     got = {r["id"]: r for r in readers.scan(writer.catalog, "t").to_pylist()}
