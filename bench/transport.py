@@ -9,12 +9,14 @@ top of this floor is its own overhead: parsing, planning, routing, SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 
 import trio
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as sync_connect
 from websockets.trio.client import connect as trio_connect
 from websockets.trio.server import serve
@@ -25,6 +27,11 @@ SQL = "SELECT id, name, v FROM bench_kv WHERE id = ?"
 
 
 async def _echo(ws) -> None:
+    with contextlib.suppress(ConnectionClosed):  # the client may leave without a close frame
+        await _echo_frames(ws)
+
+
+async def _echo_frames(ws) -> None:
     async for frame in ws:
         req = protocol.decode(frame)
         reply = protocol.Result(
@@ -39,9 +46,10 @@ async def _echo(ws) -> None:
 def _relay(upstream_url: str):
     async def handler(ws) -> None:
         async with trio_connect(upstream_url, compression=None) as up:
-            async for frame in ws:
-                await up.send(frame)
-                await ws.send(await up.recv())
+            with contextlib.suppress(ConnectionClosed):
+                async for frame in ws:
+                    await up.send(frame)
+                    await ws.send(await up.recv())
 
     return handler
 
