@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from dolake import mor, readers
-from dolake.bench_flush import COLS, Feed
 from dolake.catalog import open_catalog
 from dolake.writer import Writer
 from dosql import config as config_mod
 from dosql import protocol
+from tests.lake.feed import COLS, Feed
 
 from .helpers import CDC, Lake, col, create, dele, ins, upd
 from .test_cdc import SLOW_FLUSH, Workload, changelog_lsns, mirror, send_all

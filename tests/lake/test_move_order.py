@@ -17,14 +17,14 @@ import msgspec
 import pytest
 
 from dolake import readers
-from dolake.bench_flush import COLS as BENCH_COLS
-from dolake.bench_flush import Feed
 from dolake.buffer import Entry
 from dolake.catalog import open_catalog
 from dolake.history import to_sqlite
 from dolake.writer import COMMIT_TS_COL, Writer
 from dosql import config as config_mod
 from dosql import protocol
+from tests.lake.feed import COLS as BENCH_COLS
+from tests.lake.feed import Feed
 from tests.timetravel.test_history import SLOW_FLUSH, feed
 from tests.timetravel.workload import LAKE_CONFIG, Workload
 
