@@ -9,6 +9,7 @@ An existing data directory is reused: shard databases persist between runs.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -43,11 +44,14 @@ def run(args: argparse.Namespace) -> int:
         if cluster.lake_url:
             print(f"lake:    {cluster.lake_url}")
         print(f"logs:    {cluster.data_dir / 'logs'}")
+        python = os.path.relpath(sys.executable) if sys.executable else "python"
         print(
-            "connect: python -c \"import dosql; c = dosql.connect('"
+            f"connect: {python} -c \"import dosql; c = dosql.connect('"
             + str(cluster.url)
             + "'); cur = c.cursor(); cur.execute('SELECT 1'); print(cur.fetchall()); c.close()\""
         )
+        if cluster.lake_url:
+            print(f"changes: {python} -m dosql.cli tail --url {cluster.lake_url} --table TABLE")
         print("press Ctrl-C to stop", flush=True)
         while cluster.router_alive:
             time.sleep(0.5)
