@@ -153,7 +153,8 @@ class _Log:
 # --------------------------------------------------------------------------- loading
 
 
-def _load(catalog: Catalog, namespace: str, table: str) -> tuple[Table, Table]:
+def load_tables(catalog: Catalog, namespace: str, table: str) -> tuple[Table, Table]:
+    """A table's mirror and change log; TABLE_NOT_FOUND if the lake has no history of it."""
     try:
         mirror = catalog.load_table((namespace, table))
         changelog = catalog.load_table((namespace, table + CHANGELOG_SUFFIX))
@@ -275,7 +276,7 @@ def _primary_key(mirror: Table) -> list[str]:
 def lake_coverage(catalog: Catalog, namespace: str, table: str) -> Coverage:
     """What range of the table's history the lake can answer (see :class:`Coverage`)."""
     committed = _namespace_marks(catalog, namespace)  # before the tables: see _coverage
-    _, changelog = _load(catalog, namespace, table)
+    _, changelog = load_tables(catalog, namespace, table)
     return _coverage(committed, changelog, _log_index(changelog))
 
 
@@ -446,7 +447,7 @@ def table_as_of(
     committed = _namespace_marks(catalog, namespace)
     # mirror before change log: the writer commits the change log first, so the
     # loaded change log holds at least every change the loaded mirror does
-    mirror, changelog = _load(catalog, namespace, table)
+    mirror, changelog = load_tables(catalog, namespace, table)
     if isinstance(point, SnapshotPoint):
         state_rows = _snapshot_rows(mirror, point)
         return _to_arrow(mirror, state_rows, hidden)
@@ -700,7 +701,7 @@ def history(catalog: Catalog, namespace: str, table: str) -> pa.Table:
     ``row_count`` the mirror's rows at that snapshot. Any ``snapshot_id`` or
     ``'main@<sequence_number>'`` works with ``AS OF SNAPSHOT``.
     """
-    mirror, changelog = _load(catalog, namespace, table)
+    mirror, changelog = load_tables(catalog, namespace, table)
     log = _log_index(changelog)
     rows = []
     for snap in _chain(mirror):

@@ -35,9 +35,9 @@ import msgspec
 from dosql import errors as E  # noqa: N812
 from dosql import protocol as P  # noqa: N812
 from dosql.driver import exceptions as X  # noqa: N812
-from dosql.driver.statements import kind
 from dosql.driver.transport import ResultStream, new_trace_id
 from dosql.driver.types import adapt, describe
+from dosql.statements import kind
 
 if TYPE_CHECKING:
     from dosql.driver.connection import Connection

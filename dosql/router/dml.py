@@ -23,14 +23,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import trio
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from dosql.errors import NotSupportedError, ValidationError
 from dosql.router import gather, sqltext
 from dosql.router.pool import ShardResult
-from dosql.router.transactions import Transaction as TransactionT
 
 if TYPE_CHECKING:
     from dosql.router.executor import Executor
@@ -276,17 +274,7 @@ async def run(ex: Executor, p: Plan, params: Any, session: ClientSession) -> Sha
             out.rows.extend(r.rows)
         return out
 
-    if session.tx is not None:
-        return await body(session.tx)
-    tx = TransactionT(ex.pools, ex.order, explicit=False)
-    try:
-        result = await body(tx)
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await tx.rollback()
-        raise
-    await tx.commit()
-    return result
+    return await ex.in_transaction(session, body)
 
 
 def _owner(ex: Executor, name: str, value: Any) -> str:

@@ -208,18 +208,22 @@ class Executor:
     async def _learn_column_type(self, name: str, tx: Transaction | None) -> TableInfo | None:
         info = await self.table_info(name, tx)
         table = self.vs.table(name)
-        if info is not None and table.kind == "sharded" and table.column_type is None:
-            decl = info.types.get(str(table.column).lower())
-            if decl is not None:
-                new = vschema.Table(
-                    "sharded",
-                    column=table.column,
-                    vindex=table.vindex,
-                    column_type=decl,
-                    vindex_name=table.vindex_name,
-                )
-                self._set_vs(self.vs.with_table(table.name, new))
+        if info is not None and table.kind == "sharded":
+            self._record_column_type(table, info.types)
         return info
+
+    def _record_column_type(self, table: vschema.Table, types: dict[str, str]) -> None:
+        """Learn a sharded table's key type from its declaration, for routing by affinity."""
+        decl = types.get(str(table.column).lower())
+        if table.column_type is None and decl is not None:
+            new = vschema.Table(
+                "sharded",
+                column=table.column,
+                vindex=table.vindex,
+                column_type=decl,
+                vindex_name=table.vindex_name,
+            )
+            self._set_vs(self.vs.with_table(table.name, new))
 
     # ------------------------------------------------------------------ shard runs
 
@@ -753,10 +757,16 @@ class Executor:
         needs_tx: bool = True,
     ) -> Any:
         """Run ``body`` in the session transaction, an implicit one, or none (one shard)."""
+        if session.tx is None and (len(targets) == 1 or not needs_tx):
+            return await body(None)
+        return await self.in_transaction(session, body)
+
+    async def in_transaction(
+        self, session: ClientSession, body: Callable[[Transaction], Awaitable[Any]]
+    ) -> Any:
+        """Run ``body`` in the session transaction, or in an implicit one committed after it."""
         if session.tx is not None:
             return await body(session.tx)
-        if len(targets) == 1 or not needs_tx:
-            return await body(None)
         tx = Transaction(self.pools, self.order, explicit=False)
         try:
             result = await body(tx)
@@ -1236,17 +1246,7 @@ class Executor:
         if p.ddl_learn == "listed":
             if not self.vs.has_table(name):
                 return
-            table = self.vs.table(name)
-            decl = types.get(str(table.column).lower())
-            if table.column_type is None and decl is not None:
-                new = vschema.Table(
-                    "sharded",
-                    column=table.column,
-                    vindex=table.vindex,
-                    column_type=decl,
-                    vindex_name=table.vindex_name,
-                )
-                self._set_vs(self.vs.with_table(table.name, new))
+            self._record_column_type(self.vs.table(name), types)
             return
         if self.vs.has_table(name):  # CREATE TABLE IF NOT EXISTS of a known table
             return

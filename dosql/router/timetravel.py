@@ -52,7 +52,6 @@ from dosql.errors import (
     AuthorizationError,
     ConfigurationError,
     DoSQLError,
-    NotFoundError,
     NotSupportedError,
     QueryError,
     ValidationError,
@@ -205,18 +204,10 @@ def _historical_definition(catalog: Any, namespace: str, table: str, micros: int
     import pyarrow as pa
     from pyiceberg.expressions import EqualTo
 
-    from dolake.history import CHANGELOG_SUFFIX
+    from dolake.history import load_tables
     from dolake.schema import OVERFLOW, SCHEMA_ACTION, SCHEMA_SQL
 
-    try:
-        mirror = catalog.load_table((namespace, table))
-        changelog = catalog.load_table((namespace, table + CHANGELOG_SUFFIX))
-    except Exception:
-        raise NotFoundError(
-            f"table {table!r} has no history in the lake: the lake creates it when its first "
-            "change arrives",
-            code="TABLE_NOT_FOUND",
-        ) from None
+    mirror, changelog = load_tables(catalog, namespace, table)
     props = mirror.properties
     pk = list(json.loads(props.get("dosql.primary_key", "[]")))
     decl = {n: d for n, d, _dropped in json.loads(props.get("dosql.columns", "[]"))}

@@ -39,6 +39,7 @@ from dosql.shard import capture
 from dosql.shard.changelog import ChangeLog, lsn_bounds
 from dosql.shard.database import TRIGGER_PREFIX, ConnState, open_connection
 from dosql.shard.decltypes import decltypes
+from dosql.statements import kind
 
 Emit = Callable[[protocol.Result], None]
 MAX_CONNECTIONS = 64
@@ -73,26 +74,6 @@ def iter_chunks(cur: sqlite3.Cursor, max_rows: int, max_bytes: int) -> Iterator[
             out.append(list(row))
             size += n
         yield out
-
-
-def is_select(sql: str) -> bool:
-    """Whether the statement's first keyword is SELECT (skipping blanks and comments)."""
-    i, n = 0, len(sql)
-    while i < n:
-        if sql[i].isspace():
-            i += 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        else:
-            break
-    end = i + 6
-    return sql[i:end].lower() == "select" and (
-        end == n or not (sql[end].isalnum() or sql[end] == "_")
-    )
 
 
 class Shard:
@@ -268,9 +249,9 @@ class Shard:
         statement has committed, so a client never sees success for something
         that did not commit.
         """
-        # A SELECT cannot change anything, so it needs no captured transaction of its
+        # A SELECT (or WITH … SELECT, VALUES) cannot change anything, so it needs no captured transaction of its
         # own: SQLite's implicit one is enough and saves a BEGIN and a COMMIT.
-        autocommit = autocommit and not is_select(sql)
+        autocommit = autocommit and kind(sql) != "select"
         if autocommit:
             self.begin(state, immediate=False)
         cur: sqlite3.Cursor | None = None

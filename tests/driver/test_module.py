@@ -11,9 +11,9 @@ import dosql.driver as dbapi
 from dosql import errors as E
 from dosql.driver.cursor import bind
 from dosql.driver.exceptions import from_dosql, wrap
-from dosql.driver.statements import kind
 from dosql.driver.transport import ws_url
 from dosql.driver.types import affinity, describe, type_code
+from dosql.statements import kind
 
 
 def test_module_globals() -> None:

@@ -1,9 +1,11 @@
-"""Just enough SQL lexing to run implicit transactions the way :mod:`sqlite3` does.
+"""Just enough SQL lexing to classify a statement without parsing it.
 
-The driver needs to know, without parsing, whether a statement writes rows
-(so it opens a transaction first when ``autocommit`` is off) and whether it
-is a transaction-control statement sent as text (so ``in_transaction`` stays
-true to the server's state). It looks at the first keyword, skipping
+The driver needs to know whether a statement writes rows (so it opens a
+transaction first when ``autocommit`` is off, the way :mod:`sqlite3` does) and
+whether it is a transaction-control statement sent as text (so
+``in_transaction`` stays true to the server's state); a shard needs to know
+whether an autocommit statement is a plain read (it then needs no captured
+transaction of its own). It looks at the first keyword, skipping
 comments; for ``WITH ...`` it looks at the first keyword after the common
 table expressions, at parenthesis depth zero, so ``WITH x AS (...) INSERT ...``
 counts as a write.
