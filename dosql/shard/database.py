@@ -264,7 +264,7 @@ def configure(conn: sqlite3.Connection, cfg: ShardConfig, *, readonly: bool = Fa
             raise sqlite3.OperationalError(f"could not switch the database to WAL mode ({mode})")
     conn.execute(f"PRAGMA synchronous = {cfg.synchronous}")
     conn.execute(f"PRAGMA cache_size = {int(cfg.cache_size)}")
-    conn.execute("PRAGMA temp_store = MEMORY")
+    conn.execute(f"PRAGMA temp_store = {cfg.temp_store}")
     conn.execute(f"PRAGMA mmap_size = {int(cfg.mmap_size)}")
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA recursive_triggers = ON")

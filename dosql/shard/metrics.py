@@ -54,6 +54,13 @@ class ShardMetrics:
         self.changes = Counter(
             "dosql_changes_total", "Row changes and schema events captured", registry=r
         )
+        self.reads = Counter(
+            "dosql_autocommit_reads_total",
+            "Autocommit SELECTs by where they ran: inline (event loop, under a step budget) "
+            "or thread (over budget or busy, re-run on a worker thread)",
+            ["path"],
+            registry=r,
+        )
         self.current_lsn = Gauge("dosql_current_lsn", "Highest committed LSN", registry=r)
         self.current_lsn.set_function(shard.changelog.current_lsn)
         self._last_lsn = shard.changelog.current_lsn()

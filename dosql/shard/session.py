@@ -35,10 +35,12 @@ from websockets.exceptions import ConnectionClosed
 
 from dosql import logs, protocol
 from dosql.errors import AuthorizationError, DoSQLError, QueryError, ValidationError
+from dosql.shard import inline
 from dosql.shard.database import ConnState
 from dosql.shard.errormap import map_error
 from dosql.shard.executor import Shard, StatementOutcome
 from dosql.shard.metrics import ShardMetrics
+from dosql.statements import kind
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +234,34 @@ class Session:
             return
         state = await self.shard.acquire(read_only=self.read_only, timeout=timeout)
         try:
+            if many is None and await self.read_inline(state, request_id, sql, params):
+                return
             await self.run_statement(state, request_id, sql, params, timeout, many, True)
         finally:
             self.shard.release(state)
+
+    async def read_inline(
+        self, state: ConnState, request_id: int, sql: str, params: protocol.Params
+    ) -> bool:
+        """Answer a cheap autocommit SELECT without a thread hop (see inline.py).
+
+        False: not a SELECT, or too costly to run on the event loop.
+        """
+        if kind(sql) != "select":
+            return False
+        try:
+            replies = inline.read(self.shard, state, sql, params, request_id)
+        except Exception as exc:
+            self.metrics.reads.labels("inline").inc()
+            await self.statement_failed(state, request_id, exc, False)
+            return True
+        if replies is None:
+            self.metrics.reads.labels("thread").inc()
+            return False
+        self.metrics.reads.labels("inline").inc()
+        for reply in replies:
+            await self.send(reply)
+        return True
 
     async def transaction_sql(self, request_id: int, match: re.Match[str]) -> None:
         if match.group(1):

@@ -380,3 +380,26 @@ def test_http_endpoints(shard: ShardProcess, client: ShardClient) -> None:
         "dosql_changes_total 2.0",
     ):
         assert name in text, name
+
+
+def test_costly_reads_move_off_the_event_loop_with_the_same_answers(
+    shard: ShardProcess, client: ShardClient
+) -> None:
+    """A point read is answered inline; one past the step budget is re-run on a
+    thread and still gives its full answer, and errors stay typed on both paths."""
+    client.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")
+    client.executemany("INSERT INTO t VALUES (?, ?)", [[i, i * 2] for i in range(30000)])
+    assert client.execute("SELECT v FROM t WHERE id = ?", [7]).rows == [[14]]
+    costly = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000) "
+        "SELECT count(*), sum(i) FROM n"
+    )
+    assert client.execute(costly).rows == [[200000, 200000 * 200001 // 2]]
+    big = client.execute("SELECT id, v FROM t ORDER BY id")
+    assert big.rows == [[i, i * 2] for i in range(30000)] and big.chunks > 1
+    expect_error(lambda: client.execute("SELECT nope FROM t"), "QUERY_ERROR")
+    assert client.execute("SELECT count(*) FROM t").rows == [[30000]]  # connection still usable
+    text = http_get(shard, "/metrics")[1].decode()
+    assert 'dosql_autocommit_reads_total{path="thread"} 2.0' in text
+    # point read, count, and the failing read: inline
+    assert 'dosql_autocommit_reads_total{path="inline"} 3.0' in text
