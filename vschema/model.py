@@ -10,14 +10,23 @@ are what the router and the cluster launcher use.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+import xxhash
+
 from dosql.errors import NotFoundError, ValidationError
 from vschema.keyrange import KeyRange, KeyRangeMap, even_split
-from vschema.values import SQLValue, apply_affinity, key_value
+from vschema.values import (
+    INT_KEY,
+    SQLValue,
+    apply_affinity,
+    int_key_bounds,
+    key_value,
+    text_key_kept,
+)
 from vschema.vindexes import VINDEX_TYPES, Layout, RangeVindex, Vindex
 
 _SHARD_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -142,6 +151,7 @@ class VSchema:
                 )
             vindex.validate(self._shard_ids, f"{source}: vindex {name!r}")
         self._tables: dict[str, Table] = {}
+        self._routers: dict[str, Callable[[Any], str]] = {}  # shard_router() of hashed tables
         for name, table in tables.items():
             if not isinstance(name, str) or not name:
                 raise _invalid(f"{source}: table names must be non-empty strings, not {name!r}")
@@ -314,6 +324,31 @@ class VSchema:
         assert t.vindex is not None and t.column is not None
         return t.vindex.shard_for(self._key(t, value), self._layout, table=t.name, column=t.column)
 
+    def shard_router(self, table: str) -> Callable[[Any], str]:
+        """:meth:`shard_for` of one table as a function of the value, for routing many rows.
+
+        Gives the same shard, or raises the same error, as ``shard_for(table, value)``
+        for every value, but resolves the table, its vindex and its key's affinity
+        once. On hashed tables ints (and text, where the column keeps text as is)
+        skip the general conversion, since their canonical encoding is known up front.
+        """
+        key = table.lower() if isinstance(table, str) else ""  # "" names no table
+        route = self._routers.get(key)
+        if route is not None:
+            return route
+
+        def general(value: Any) -> str:
+            return self.shard_for(table, value)
+
+        t = self._tables.get(key)
+        if t is None or t.kind != "sharded" or t.vindex is None:
+            return general
+        by_id = t.vindex.keyspace_router(self._layout)
+        if by_id is None:
+            return general
+        route = self._routers[key] = _hashed_router(by_id, t.column_type, general)
+        return route
+
     def _ordered(self, shard_ids: Iterable[str]) -> list[str]:
         return sorted(set(shard_ids), key=self._order.__getitem__)
 
@@ -429,6 +464,32 @@ class VSchema:
             f"VSchema(source={self._source!r}, shards={list(self._shard_ids)}, "
             f"tables={[t.name for t in self._tables.values()]})"
         )
+
+
+def _hashed_router(
+    by_id: Callable[[int], str], column_type: str | None, general: Callable[[Any], str]
+) -> Callable[[Any], str]:
+    """Route by keyspace id, hashing ints (and kept text) directly; the rest via ``general``.
+
+    The fast cases produce exactly ``encode(key_value(value, column_type))``
+    (see :func:`int_key_bounds`, :func:`text_key_kept`); bool, which is an int
+    subclass, and everything else take the general path.
+    """
+    bounds = int_key_bounds(column_type)
+    low, high = bounds if bounds is not None else (1, 0)  # (1, 0): no int is in range
+    text_kept = text_key_kept(column_type)
+    pack_int = INT_KEY.pack
+    digest = xxhash.xxh64_intdigest
+
+    def route(value: Any) -> str:
+        kind = type(value)
+        if kind is int and low <= value <= high:
+            return by_id(digest(pack_int(b"i", value)))
+        if kind is str and text_kept:
+            return by_id(digest(b"t" + value.encode("utf-8", "surrogatepass")))
+        return general(value)
+
+    return route
 
 
 def _table_dict(table: Table) -> dict[str, Any]:

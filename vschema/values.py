@@ -206,6 +206,35 @@ def encode(value: SQLValue) -> bytes:
     )
 
 
+# encode() of an int key in one pack: the INTEGER tag, then the int64 big-endian.
+INT_KEY = struct.Struct(">cq")
+
+
+def int_key_bounds(column_type: str | None) -> tuple[int, int] | None:
+    """Ints ``low <= n <= high`` that a ``column_type`` column keeps as the INTEGER ``n``.
+
+    For those, ``encode(apply_affinity(n, column_type)) == INT_KEY.pack(b"i", n)``,
+    which lets a router skip the general conversion. REAL affinity stores a float,
+    which encodes back as the same integer only while it is exact (up to 2**53);
+    TEXT affinity makes text of it: None.
+    """
+    affinity = affinity_of(column_type)
+    if affinity is Affinity.TEXT:
+        return None
+    if affinity is Affinity.REAL:
+        return -(2**53), 2**53
+    return INT64_MIN, INT64_MAX
+
+
+def text_key_kept(column_type: str | None) -> bool:
+    """True when a ``column_type`` column stores every str as that same text.
+
+    TEXT and BLOB affinity never convert text; INTEGER, REAL and NUMERIC read
+    numbers out of it.
+    """
+    return affinity_of(column_type) in (Affinity.TEXT, Affinity.BLOB)
+
+
 def key_value(value: Any, column_type: str | None, *, table: str, column: str | None) -> SQLValue:
     """Convert a sharding-key value for routing; NULL is refused."""
     converted = apply_affinity(value, column_type)

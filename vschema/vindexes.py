@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 import datetime as _dt
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -86,6 +86,14 @@ class Vindex(ABC):
     @abstractmethod
     def shard_for(self, value: SQLValue, layout: Layout, *, table: str, column: str) -> str: ...
 
+    def keyspace_router(self, layout: Layout) -> Callable[[int], str] | None:
+        """The shard of a keyspace id, for vindexes that route by it alone (None otherwise).
+
+        Lets a caller routing many values hash them itself (see
+        :meth:`VSchema.shard_router`) and still place them exactly as ``shard_for``.
+        """
+        return None
+
     def shards_for_range(
         self,
         low: SQLValue | None,
@@ -117,6 +125,9 @@ class HashVindex(Vindex):
     def shard_for(self, value: SQLValue, layout: Layout, *, table: str, column: str) -> str:
         return layout.key_map.shard_for(self.keyspace_id(value))
 
+    def keyspace_router(self, layout: Layout) -> Callable[[int], str] | None:
+        return layout.key_map.shard_for
+
 
 @dataclass(frozen=True)
 class ConsistentHashVindex(Vindex):
@@ -125,6 +136,9 @@ class ConsistentHashVindex(Vindex):
 
     def shard_for(self, value: SQLValue, layout: Layout, *, table: str, column: str) -> str:
         return layout.ring(self.virtual_nodes).shard_for(self.keyspace_id(value))
+
+    def keyspace_router(self, layout: Layout) -> Callable[[int], str] | None:
+        return layout.ring(self.virtual_nodes).shard_for
 
     def validate(self, shard_ids: Iterable[str], owner: str) -> None:
         nodes = self.virtual_nodes

@@ -293,10 +293,32 @@ def _check_sql(operation: Any) -> str:
     return operation
 
 
+# Types adapt() passes through unchanged (ints only within 64 bits), checked by exact
+# type so the usual row of plain values skips adapt()'s isinstance chain.
+_AS_IS = frozenset({str, float, bytes, type(None)})
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+
+
+def _as_is(values: list[Any]) -> bool:
+    """True when adapt() would return every one of ``values`` unchanged."""
+    for value in values:
+        t = type(value)
+        if t is int:
+            if not _INT_MIN <= value <= _INT_MAX:
+                return False
+        elif t not in _AS_IS:
+            return False
+    return True
+
+
 def bind(parameters: Any) -> P.Params:
     """Validate and adapt one parameter set (sequence or mapping) for the wire."""
     if parameters is None:
         return None
+    if type(parameters) is tuple or type(parameters) is list:
+        values = list(parameters)
+        if _as_is(values):  # executemany's common case: nothing to adapt
+            return values or None
     try:
         if isinstance(parameters, Mapping):
             out: dict[str, Any] = {}

@@ -27,6 +27,7 @@ import vschema
 from dosql import protocol
 from dosql.errors import DoSQLError, NotFoundError, NotSupportedError, QueryError, ValidationError
 from dosql.router import dml, explain, gather, groupby, merge, metadata
+from dosql.router.batch import InsertRouter
 from dosql.router.gather import ROWID_NAMES
 from dosql.router.metrics import RouterMetrics
 from dosql.router.plan import Pin, Plan, RangeCond, Value
@@ -1009,51 +1010,10 @@ class Executor:
         name = p.table
         assert name is not None
         info = await self._learn_column_type(name, session.tx)
-        key_index = p.key_index
-        if key_index is None:
-            if info is None:
-                raise QueryError(f"no such table: {name}", code="TABLE_NOT_FOUND")
-            lower = [c.lower() for c in info.columns]
-            key_index = lower.index(str(p.key_column).lower())
+        router = InsertRouter(p, info, self.vs, self.null_shards)
         groups: dict[str, list[int]] = {}
-        key_col = str(p.key_column).lower()
         for i, (value, _s, _e, _pi) in enumerate(p.insert_rows):
-            if p.key_index is None:
-                vals = value.const
-                if key_index >= len(vals):
-                    raise QueryError(
-                        f"table {name} has {len(info.columns) if info else '?'} columns but "
-                        f"{len(vals)} values were supplied",
-                        code="QUERY_ERROR",
-                    )
-                value = vals[key_index]
-                if value is None:
-                    raise NotSupportedError(
-                        f"the value for sharding column {p.key_column} in an INSERT into {name} "
-                        "must be a literal or a parameter"
-                    )
-            v = value.bind(params)
-            nullable = name.lower() in self.null_shards and (
-                p.key_index != -1 or (info is not None and info.defaults.get(key_col) is None)
-            )
-            if v is None and nullable:
-                groups.setdefault(self.null_shards[name.lower()], []).append(i)
-                continue
-            if v is None:
-                if p.key_index == -1:
-                    raise ValidationError(
-                        f"INSERT into {name} must give a value for its sharding column "
-                        f"{p.key_column}",
-                        code="SHARDING_KEY_NULL",
-                        details={"table": name, "column": p.key_column},
-                    )
-                raise ValidationError(
-                    f"INSERT into {name}: sharding column {p.key_column} is NULL; every row needs "
-                    "a value for it",
-                    code="SHARDING_KEY_NULL",
-                    details={"table": name, "column": p.key_column},
-                )
-            groups.setdefault(self.vs.shard_for(name, v), []).append(i)
+            groups.setdefault(router.shard_of(router.key_of(value), params), []).append(i)
         return {s: groups[s] for s in self.order if s in groups}
 
     async def run_insert(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
@@ -1124,13 +1084,15 @@ class Executor:
 
             return await self._in_write_tx(session, list(self.order), loop)
         per_shard: dict[str, list[Any]] = {}
-        for params in seq:
-            if p.kind == "insert":
-                shards = list(await self._insert_groups(p, params, session))
-            else:
-                shards = await self.targets(p, params, session)
-            for sid in shards:
-                per_shard.setdefault(sid, []).append(params)
+        if p.kind == "insert" and seq:
+            # one VALUES row: the table is resolved once, then each set costs a hash
+            assert p.table is not None
+            info = await self._learn_column_type(p.table, session.tx)
+            per_shard = InsertRouter(p, info, self.vs, self.null_shards).group(seq)
+        elif p.kind != "insert":
+            for params in seq:
+                for sid in await self.targets(p, params, session):
+                    per_shard.setdefault(sid, []).append(params)
         targets = [s for s in self.order if s in per_shard]
         if not targets:
             return ShardResult(rowcount=0)
