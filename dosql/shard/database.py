@@ -244,7 +244,7 @@ def pack(*values: Any) -> bytes:
 
 def pack_map(*pairs: Any) -> bytes:
     """msgpack map of alternating name/value arguments (a row image)."""
-    return _encode({pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)})
+    return _encode(dict(zip(pairs[::2], pairs[1::2], strict=True)))
 
 
 def merge_maps(*parts: bytes) -> bytes:

@@ -171,9 +171,12 @@ class Session:
             )
         state = await self.shard.acquire(read_only=self.read_only)
         try:
-            await trio.to_thread.run_sync(
-                self.shard.begin, state, immediate, limiter=self.shard.limiter
-            )
+            if immediate:  # waits for the write lock: on a thread
+                await trio.to_thread.run_sync(
+                    self.shard.begin, state, immediate, limiter=self.shard.limiter
+                )
+            else:  # a deferred BEGIN takes no lock and does no I/O: no thread hop
+                self.shard.begin(state, immediate)
         except BaseException as exc:
             self.shard.release(state)
             if isinstance(exc, Exception):
