@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 from dosql import protocol
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
+    """One buffered change (slots: tens of thousands wait at once, and an
+    instance dict would be one more object for the garbage collector to walk)."""
+
     shard: str
     change: protocol.Change
     size: int

@@ -145,14 +145,16 @@ class Session:
             )
             return
         now = time.time()
+        added = 0
         for change in msg.changes:
             if change.lsn <= source.received:
                 continue
             size = len(msgspec.msgpack.encode(change))
             buf = lake.buffers.add(change.table.lower(), Entry(self.shard, change, size))
-            lake.metrics.events.inc()
+            added += 1
             if buf.events >= lake.config.event_threshold:
                 lake.request_flush()
+        lake.metrics.events.inc(added)
         if source.oldest_pending_at is None:
             source.oldest_pending_at = now
         source.received = msg.last_lsn

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import itertools
 import json
 import logging
+import operator
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator
@@ -45,9 +47,17 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.conversions import to_bytes
-from pyiceberg.io.pyarrow import _read_deletes
+from pyiceberg.io import FileIO
+from pyiceberg.io.pyarrow import (
+    _get_field_from_arrow_table,
+    _read_deletes,
+    bin_pack_arrow_table,
+    pyarrow_to_schema,
+    write_file,
+)
 from pyiceberg.manifest import (
     DataFile,
     DataFileContent,
@@ -58,7 +68,11 @@ from pyiceberg.manifest import (
     ManifestFile,
     ManifestWriterV2,
 )
-from pyiceberg.table import Table
+from pyiceberg.partitioning import PartitionFieldValue, PartitionKey, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, WriteTask
+from pyiceberg.table import Transaction as _PyIcebergTransaction
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.table.snapshots import (
     Operation,
     SnapshotSummaryCollector,
@@ -68,6 +82,8 @@ from pyiceberg.table.snapshots import (
 from pyiceberg.table.update.snapshot import _FastAppendFiles
 from pyiceberg.typedef import EMPTY_DICT, Record
 from pyiceberg.types import LongType, StringType
+from pyiceberg.utils.config import Config
+from pyiceberg.utils.properties import property_as_int
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +98,27 @@ POSITION_DELETE_SCHEMA = pa.schema(
 
 
 # ---------------------------------------------------------------- snapshot producer
+
+
+class Transaction(_PyIcebergTransaction):
+    """pyiceberg's ``Transaction``, deriving ``table_metadata`` once per staged state.
+
+    pyiceberg derives it afresh on every read -- a deep copy of the whole
+    table metadata, which grows with every snapshot -- and one commit reads it
+    some twenty times: after a few dozen flushes that was most of a small
+    flush. The metadata models are frozen, so the readers can share one copy;
+    staging an update (a new ``_updates`` tuple) or a commit (a new table
+    metadata) derives it again."""
+
+    _memo: tuple[TableMetadata, tuple, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        base, updates = self._table.metadata, self._updates
+        memo = self._memo
+        if memo is None or memo[0] is not base or memo[1] is not updates:
+            memo = self._memo = (base, updates, super().table_metadata)
+        return memo[2]
 
 
 class _DeleteManifestWriter(ManifestWriterV2):
@@ -216,6 +253,86 @@ def write_position_deletes(
     )
     delete_file.spec_id = spec_id  # not a manifest field: set apart, as pyiceberg does
     return delete_file
+
+
+# ---------------------------------------------------------------- data files
+
+
+def write_data_files(
+    meta: TableMetadata, io: FileIO, df: pa.Table, write_uuid: uuid.UUID
+) -> list[tuple[DataFile, pa.Table]]:
+    """Write ``df`` as data files of the table's default partition spec; return
+    each file with the rows it holds, in file order.
+
+    What pyiceberg's ``_dataframe_to_data_files`` does for a ``pa.Table``,
+    minus two costs a mirror flush paid on every commit: it filters the whole
+    table once per partition (an Acero plan each, a few ms, up to 16 per
+    flush), and it returns only the files, whose rows the key index then read
+    back for their positions. Here the rows are grouped by partition with one
+    stable sort (the order of ``df`` is kept within a partition) and cut into
+    slices, bin-packed into files as pyiceberg does."""
+    from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties
+
+    target = property_as_int(
+        meta.properties,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+        TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
+    )
+    schema, spec = meta.schema(), meta.spec()
+    task_schema = pyarrow_to_schema(
+        df.schema,
+        name_mapping=schema.name_mapping,
+        downcast_ns_timestamp_to_us=Config().get_bool(DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE)
+        or False,
+        format_version=meta.format_version,
+    )
+    tasks: list[WriteTask] = []
+    for key, part in _partitions(spec, schema, df):
+        for batches in bin_pack_arrow_table(part, target):
+            tasks.append(
+                WriteTask(
+                    write_uuid=write_uuid,
+                    task_id=len(tasks),
+                    record_batches=batches,
+                    partition_key=key,
+                    schema=task_schema,
+                )
+            )
+    files = list(write_file(io=io, table_metadata=meta, tasks=iter(tasks)))
+    return [(f, pa.Table.from_batches(t.record_batches)) for f, t in zip(files, tasks, strict=True)]
+
+
+def _partitions(
+    spec: PartitionSpec, schema: Schema, df: pa.Table
+) -> Iterator[tuple[PartitionKey | None, pa.Table]]:
+    """``df``'s rows per partition of ``spec`` (one stable sort, then slices)."""
+    if spec.is_unpartitioned():
+        yield None, df
+        return
+    names = [f"_partition_{f.name}" for f in spec.fields]
+    keyed = df
+    for field, name in zip(spec.fields, names, strict=True):
+        source = schema.find_field(field.source_id)
+        column = _get_field_from_arrow_table(df, schema.find_column_name(field.source_id))
+        keyed = keyed.append_column(
+            name, field.transform.pyarrow_transform(source.field_type)(column)
+        )
+    keyed = keyed.take(pc.sort_indices(keyed, sort_keys=[(n, "ascending") for n in names]))
+    values = list(zip(*(keyed[n].to_pylist() for n in names), strict=True))
+    data = keyed.drop_columns(names)
+    start = 0
+    for value, run in itertools.groupby(values):
+        rows = sum(1 for _ in run)
+        key = PartitionKey(
+            field_values=[
+                PartitionFieldValue(field=f, value=v)
+                for f, v in zip(spec.fields, value, strict=True)
+            ],
+            partition_spec=spec,
+            schema=schema,
+        )
+        yield key, data.slice(start, rows).combine_chunks()
+        start += rows
 
 
 # ---------------------------------------------------------------- key index
@@ -375,7 +492,7 @@ class KeyIndex:
         added: Iterable[tuple[DataFile, Iterable[tuple[Any, int, str | None, int | None]]]],
     ) -> None:
         """After a mirror commit: drop ``removed`` keys, add each new data
-        file's ``(key, pos, shard, commit ts)`` rows, record ``snapshot_id``.
+        file's ``(key, pos, shard, commit ts)`` rows (tuples), record ``snapshot_id``.
 
         Three synced steps (see :meth:`_open`): the snapshot id is NULL while
         rows change, so an interrupted update is seen as stale, never as current."""
@@ -386,9 +503,9 @@ class KeyIndex:
             c.executemany("DELETE FROM keys WHERE k = ?", ((k,) for k in removed))
             for data_file, rows in added:
                 fid = self._add_file(data_file)
-                c.executemany(
-                    "INSERT OR REPLACE INTO keys VALUES (?, ?, ?, ?, ?)",
-                    ((k, fid, pos, shard, ts) for k, pos, shard, ts in rows),
+                c.executemany(  # each (key, pos, shard, ts) + (file,): no Python loop per row
+                    "INSERT OR REPLACE INTO keys (k, pos, shard, ts, file) VALUES (?, ?, ?, ?, ?)",
+                    map(operator.add, rows, itertools.repeat((fid,))),
                 )
             c.execute("COMMIT")
         except BaseException:

@@ -37,8 +37,9 @@ import datetime as dt
 import decimal
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 from pyiceberg.types import (
@@ -161,7 +162,10 @@ def _decimal(precision: int, scale: int) -> Callable[[Any], decimal.Decimal]:
             raise NoFit from None
         if not d.is_finite():
             raise NoFit
-        q = d.quantize(decimal.Decimal(1).scaleb(-scale), context=decimal.Context(prec=80))
+        try:
+            q = d.quantize(decimal.Decimal(1).scaleb(-scale), context=decimal.Context(prec=80))
+        except decimal.InvalidOperation:  # more than 80 digits: far beyond any precision
+            raise NoFit from None
         if q != d or len(q.as_tuple().digits) > precision:
             raise NoFit
         return q
@@ -204,6 +208,33 @@ def raw_untag(tag: dict[str, Any]) -> Any:
     if tag["t"] == "blob":
         return base64.b64decode(tag["v"])
     return tag["v"]
+
+
+# Converters that return every value of one exact type unchanged.
+_PASS_THROUGH: dict[Callable[[Any], Any], type] = {
+    _long: int,
+    _double: float,
+    _string: str,
+    _binary: bytes,
+}
+_NO_IMAGE: dict[str, Any] = {}
+
+
+def _convert_column(col: Column, values: list[Any], tags: list[dict[str, Any] | None]) -> list[Any]:
+    """One column's typed values; a value that does not fit becomes NULL and
+    its raw form goes into its row's overflow tags."""
+    out: list[Any] = []
+    convert = col.convert
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            out.append(convert(v))
+        except NoFit:
+            out.append(None)
+            tags[i] = {**(tags[i] or {}), col.name: raw_tag(v)}
+    return out
 
 
 @dataclass
@@ -297,25 +328,31 @@ class TableLayout:
             self.primary_key = pk
         return added
 
-    def typed_row(self, image: dict[str, Any] | None) -> tuple[dict[str, Any], str | None]:
-        """Convert a row image: typed values plus the overflow JSON (or None)."""
-        row: dict[str, Any] = {}
-        overflow: dict[str, Any] = {}
-        image = image or {}
+    def typed_columns(
+        self, images: Sequence[dict[str, Any] | None]
+    ) -> tuple[dict[str, list[Any]], list[str | None]]:
+        """Convert row images (None: no image) to typed columns plus each row's
+        overflow JSON (or None), column by column: a flush converts tens of
+        thousands of images, and a column whose values all have the type its
+        converter passes through unchanged (the common case) costs one type
+        scan instead of a call per value."""
+        rows = [image or _NO_IMAGE for image in images]
+        tags: list[dict[str, Any] | None] = [None] * len(rows)
+        columns: dict[str, list[Any]] = {}
         for col in self.columns:
-            v = image.get(col.name)
-            if v is None:
-                row[col.name] = None
-                continue
-            try:
-                row[col.name] = col.convert(v)
-            except NoFit:
-                row[col.name] = None
-                overflow[col.name] = raw_tag(v)
-        for name, v in image.items():  # columns the lake does not know yet
-            if self.column(name) is None and v is not None:
-                overflow[name] = raw_tag(v)
-        return row, (json.dumps(overflow, sort_keys=True) if overflow else None)
+            values = list(map(dict.get, rows, repeat(col.name)))
+            kind = _PASS_THROUGH.get(col.convert)
+            if kind is None or not set(map(type, values)) <= {kind, type(None)}:
+                values = _convert_column(col, values, tags)
+            columns[col.name] = values
+        known = {col.name for col in self.columns}
+        for i, row in enumerate(rows):
+            if not row.keys() <= known:  # columns the lake does not know yet
+                for name, v in row.items():
+                    if name not in known and v is not None:
+                        tags[i] = {**(tags[i] or {}), name: raw_tag(v)}
+        overflow = [json.dumps(t, sort_keys=True) if t else None for t in tags]
+        return columns, overflow
 
     def key_of(self, change: protocol.Change, image: dict[str, Any] | None) -> tuple[Any, ...]:
         """The row identity (raw SQLite values) of an image."""

@@ -75,6 +75,7 @@ import os
 import signal
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ from typing import Any
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import NoSuchTableError
-from pyiceberg.io.pyarrow import _dataframe_to_data_files, schema_to_pyarrow
+from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.partitioning import PartitionField, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table
@@ -186,7 +187,6 @@ class Writer:
             index_dir = self._tmp_index.name
         self.index_dir = Path(index_dir)
         self.indexes: dict[str, KeyIndex] = {}
-        self._typed_memo: dict[int, tuple[dict, dict, str | None]] = {}
         self.catalog.create_namespace_if_not_exists(namespace)
         self._load_existing()
 
@@ -225,13 +225,6 @@ class Writer:
     # ------------------------------------------------------------------ flush
 
     def flush_table(self, name: str, entries: list[Entry], cut: dict[str, int]) -> TableFlush:
-        self._typed_memo = {}  # id(image) -> (image, typed row, overflow), this flush only
-        try:
-            return self._flush_table(name, entries, cut)
-        finally:
-            self._typed_memo = {}
-
-    def _flush_table(self, name: str, entries: list[Entry], cut: dict[str, int]) -> TableFlush:
         result = TableFlush(name)
         lt = self.tables.get(name) or LakeTable(TableLayout(name))
         self.tables[name] = lt
@@ -242,7 +235,8 @@ class Writer:
         if cl_entries:
             assert lt.changelog is not None
             df = self._changelog_frame(lt, cl_entries)
-            lt.changelog.append(df, snapshot_properties=_props(marks_cl))
+            with mor.Transaction(lt.changelog) as tx:
+                tx.append(df, snapshot_properties=_props(marks_cl))
             lt.changelog_wm = marks_cl
             result.changelog_rows = len(cl_entries)
             result.changelog_snapshot = lt.changelog.current_snapshot().snapshot_id
@@ -354,51 +348,30 @@ class Writer:
     def _changelog_frame(self, lt: LakeTable, entries: list[Entry]) -> pa.Table:
         layout = lt.layout
         assert lt.changelog is not None
-        rows = []
-        stamps = []
-        for e in entries:
-            ch = e.change
-            stamps.append(ch.commit_ts)
-            image = ch.before if ch.op == "delete" else ch.after
-            row, overflow = self._typed(layout, image if ch.op != "schema" else None)
-            if layout.rowid_keyed:
-                row[ROWID] = _rowid(ch)
-            row.update(
-                _op=ch.op,
-                _lsn=ch.lsn,
-                _shard=e.shard,
-                _txid=ch.txid,
-            )
+        changes = [e.change for e in entries]
+        images = [
+            None if ch.op == "schema" else ch.before if ch.op == "delete" else ch.after
+            for ch in changes
+        ]
+        columns, overflow = layout.typed_columns(images)
+        for i, ch in enumerate(changes):
             if ch.op == "schema" and ch.schema is not None:
                 # what kind of schema event this row is (readers replaying the log need it)
-                event = {SCHEMA_ACTION: ch.schema.action}
-                if ch.schema.sql:
-                    event[SCHEMA_SQL] = ch.schema.sql
-                if ch.schema.renamed_from:
-                    event[SCHEMA_RENAMED] = ch.schema.renamed_from
-                overflow = json.dumps(event, sort_keys=True)
-            row[OVERFLOW] = overflow
-            rows.append(row)
+                overflow[i] = _schema_event(ch.schema)
+        if layout.rowid_keyed:
+            columns[ROWID] = [_rowid(ch) for ch in changes]
+        columns["_op"] = [ch.op for ch in changes]
+        columns["_lsn"] = [ch.lsn for ch in changes]
+        columns["_shard"] = [e.shard for e in entries]
+        columns["_txid"] = [ch.txid for ch in changes]
         schema = schema_to_pyarrow(lt.changelog.schema())
-        data = pa.Table.from_pylist(rows, schema=schema)
         # commit times (UTC microseconds) as one array: no datetime object per row
-        i = schema.get_field_index("_commit_ts")
-        stamps_arr = pa.array(stamps, pa.int64()).cast(schema.field(i).type)
-        return data.set_column(i, schema.field(i), stamps_arr)
+        stamps = pa.array([ch.commit_ts for ch in changes], pa.int64())
+        columns["_commit_ts"] = stamps.cast(schema.field("_commit_ts").type)
+        columns[OVERFLOW] = overflow
+        return _frame(schema, columns, len(changes))
 
     # ------------------------------------------------------------------ mirror
-
-    def _typed(self, layout: TableLayout, image: dict | None) -> tuple[dict, str | None]:
-        """``layout.typed_row(image)``, computed once per image per flush: the
-        change log and the mirror type the same after-images (a copy is
-        returned, callers add their own columns)."""
-        if image is None:
-            return layout.typed_row(None)
-        hit = self._typed_memo.get(id(image))
-        if hit is None or hit[0] is not image:
-            hit = (image, *layout.typed_row(image))
-            self._typed_memo[id(image)] = hit
-        return dict(hit[1]), hit[2]
 
     def _ops(self, lt: LakeTable, entries: list[Entry]) -> tuple[dict, bool]:
         """Per key, the net change of each shard, ordered by commit time.
@@ -411,6 +384,7 @@ class Writer:
         resolved against the row's owner in :meth:`_fold`.
         """
         layout = lt.layout
+        key_of = self._key_function(layout)
         per_shard: dict[str, dict[tuple, tuple[Any, int]]] = {}
         dropped: set[str] = set()
         for e in entries:
@@ -428,11 +402,11 @@ class Writer:
                 state[key] = (DELETE if ch.op == "delete" else ch.after or {}, ch.commit_ts)
                 continue
             if ch.op == "delete":
-                state[self._norm_key(layout, layout.key_of(ch, ch.before))] = (DELETE, ch.commit_ts)
+                state[key_of(ch, ch.before)] = (DELETE, ch.commit_ts)
                 continue
-            new = self._norm_key(layout, layout.key_of(ch, ch.after))
+            new = key_of(ch, ch.after)
             if ch.op == "update" and ch.before is not None:
-                old = self._norm_key(layout, layout.key_of(ch, ch.before))
+                old = key_of(ch, ch.before)
                 if old != new:
                     state[old] = (DELETE, ch.commit_ts)
             state[new] = (ch.after, ch.commit_ts)
@@ -464,6 +438,29 @@ class Writer:
             elif state is None or state[1] in (shard, None) or state[2] is None or ts >= state[2]:
                 state = (image, shard, ts)
         return state  # type: ignore[return-value]
+
+    @classmethod
+    def _key_function(cls, layout: TableLayout) -> Callable[[protocol.Change, Any], tuple]:
+        """``(change, image) -> _norm_key(layout, layout.key_of(change, image))``,
+        with a shortcut for the common key, one INTEGER column: a flush derives
+        a key from every image it gets."""
+
+        def general(ch: protocol.Change, image: Any) -> tuple:
+            return cls._norm_key(layout, layout.key_of(ch, image))
+
+        pk = layout.primary_key
+        col = layout.column(pk[0]) if len(pk) == 1 else None
+        if col is None or not isinstance(col.type, LongType):
+            return general
+        name = pk[0]
+
+        def single_long(ch: protocol.Change, image: Any) -> tuple:
+            v = image.get(name) if image is not None else None
+            if type(v) is int and -(2**63) <= v < 2**63:
+                return (v,)  # what key_of and _norm_key give such a value
+            return general(ch, image)
+
+        return single_long
 
     @staticmethod
     def _norm_key(layout: TableLayout, raw: tuple) -> tuple:
@@ -536,7 +533,10 @@ class Writer:
             for k, (f, p, _s, _ts) in index.owned_by(dropped).items():
                 doomed[k] = (f, p)
         arrow_schema = schema_to_pyarrow(table.schema())
-        new_rows = []
+        images: list[Any] = []
+        owners: list[str] = []
+        times: list[int] = []
+        rowids: list[Any] = []
         for key, key_ops in ops.items():
             ck = canon[key]
             hit = found.get(ck)
@@ -553,13 +553,11 @@ class Writer:
                 result.mirror_deletes += before is not None
                 continue
             image, owner, ts = state
-            row, overflow = self._typed(layout, image)
-            row[SHARD_COL] = owner
-            row[COMMIT_TS_COL] = ts
+            images.append(image)
+            owners.append(owner)
+            times.append(ts)
             if layout.rowid_keyed:
-                row[ROWID] = key[1]
-            row[OVERFLOW] = overflow
-            new_rows.append(row)
+                rowids.append(key[1])
             result.mirror_upserts += 1
         # (nothing to add or delete still commits: the snapshot carries the watermark)
         files = index.files(f for f, _p in doomed.values())
@@ -568,29 +566,30 @@ class Writer:
             path, spec_id, part = files[f]
             groups.setdefault((spec_id, part), []).append((path, p))
         added: list[tuple[Any, list[tuple[str, int, Any]]]] = []
-        with table.transaction() as tx:
+        with mor.Transaction(table) as tx:
             delta = mor.RowDelta(tx, table.io, _props(marks))
-            if new_rows:
-                df = pa.Table.from_pylist(new_rows, schema=arrow_schema)
+            if images:
+                columns, overflow = layout.typed_columns(images)
+                columns.update({SHARD_COL: owners, COMMIT_TS_COL: times, OVERFLOW: overflow})
+                if layout.rowid_keyed:
+                    columns[ROWID] = rowids
+                df = _frame(arrow_schema, columns, len(images))
                 sort_col = ROWID if layout.rowid_keyed else layout.primary_key[0]
                 try:
                     df = df.sort_by([(sort_col, "ascending")])
                 except pa.ArrowNotImplementedError:
                     pass
-                for data_file in _dataframe_to_data_files(
-                    table_metadata=tx.table_metadata,
-                    df=df,
-                    io=table.io,
-                    write_uuid=delta.commit_uuid,
-                    counter=itertools.count(),
-                ):
-                    data_file.spec_id = tx.table_metadata.default_spec_id
+                meta = tx.table_metadata
+                for data_file, rows in mor.write_data_files(meta, table.io, df, delta.commit_uuid):
+                    data_file.spec_id = meta.default_spec_id
                     delta.append_data_file(data_file)
                     result.files_written += 1
                     result.bytes_written += data_file.file_size_in_bytes
-                    keys, shards, stamps = self._file_keys(layout, table, data_file)
-                    rows = zip(keys, shards, stamps, strict=True)
-                    added.append((data_file, [(k, i, *r) for i, (k, *r) in enumerate(rows)]))
+                    keys, shards, stamps = self._keys_of(layout, rows)
+                    positions = range(len(keys))
+                    added.append(
+                        (data_file, list(zip(keys, positions, shards, stamps, strict=True)))
+                    )
             for n, ((spec_id, part), rows) in enumerate(groups.items()):
                 delete_file = mor.write_position_deletes(
                     table, spec_id, part, rows, delta.commit_uuid, n
@@ -609,6 +608,11 @@ class Writer:
         """Canonical keys, owners and commit times of a data file's rows, by position."""
         cols = [ROWID] if layout.rowid_keyed else list(layout.primary_key)
         data = mor.read_columns(table, data_file, [*cols, SHARD_COL, COMMIT_TS_COL, OVERFLOW])
+        return self._keys_of(layout, data)
+
+    def _keys_of(self, layout: TableLayout, data: pa.Table):
+        """Canonical keys, owners and commit times of mirror rows, in order."""
+        cols = [ROWID] if layout.rowid_keyed else list(layout.primary_key)
         shards = data[SHARD_COL].to_pylist()
         stamps = data[COMMIT_TS_COL].to_pylist()
         if (
@@ -673,6 +677,24 @@ def _merge(old: dict[str, int], cut: dict[str, int]) -> dict[str, int]:
 
 def _props(marks: dict[str, int]) -> dict[str, str]:
     return {f"{watermarks.PREFIX}{s}": str(v) for s, v in sorted(marks.items())}
+
+
+def _frame(schema: pa.Schema, columns: dict[str, Any], rows: int) -> pa.Table:
+    """A table of ``schema`` from column values, a column not given being NULL
+    (what ``pa.Table.from_pylist`` builds from the same rows)."""
+    return pa.Table.from_pydict(
+        {f.name: columns.get(f.name, [None] * rows) for f in schema}, schema=schema
+    )
+
+
+def _schema_event(schema: protocol.TableSchema) -> str:
+    """The overflow JSON of a change log row holding a schema event."""
+    event = {SCHEMA_ACTION: schema.action}
+    if schema.sql:
+        event[SCHEMA_SQL] = schema.sql
+    if schema.renamed_from:
+        event[SCHEMA_RENAMED] = schema.renamed_from
+    return json.dumps(event, sort_keys=True)
 
 
 def _rowid(ch: protocol.Change) -> int | None:
