@@ -142,6 +142,7 @@ CODES: dict[str, type[DoSQLError]] = {
     "ALREADY_EXISTS": ConflictError,
     "TRANSACTION_CONFLICT": ConflictError,
     "QUERY_ERROR": QueryError,
+    "SHARDING_COLUMN_MISSING": QueryError,
     "SYNTAX_ERROR": QueryError,
     "NOT_SUPPORTED": NotSupportedError,
     "INTERNAL_TABLE": QueryError,

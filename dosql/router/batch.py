@@ -40,7 +40,15 @@ class InsertRouter:
             if info is None:
                 raise QueryError(f"no such table: {name}", code="TABLE_NOT_FOUND")
             lower = [c.lower() for c in info.columns]
-            self.key_index = lower.index(str(p.key_column).lower())
+            key = str(p.key_column).lower()
+            if key not in lower:  # e.g. a table created on the shards, not through the router
+                raise QueryError(
+                    f"table {name} has no column {p.key_column}, the sharding column the "
+                    f"VSchema gives it: name the columns of the INSERT, or fix the table",
+                    code="SHARDING_COLUMN_MISSING",
+                    details={"table": name, "column": p.key_column},
+                )
+            self.key_index = lower.index(key)
         key_col = str(p.key_column).lower()
         self.null_shard = null_shards.get(name.lower())
         # a NULL key goes to the table's NULL shard when it has one, unless the key

@@ -61,6 +61,24 @@ _EXPLAIN = re.compile(r"\s*EXPLAIN\s+(QUERY\s+PLAN\s+)?", re.IGNORECASE)
 _SQLITE_AGGS = {"count", "sum", "avg", "min", "max", "total", "group_concat", "string_agg"}
 
 
+def _require_sharding_column(st: Statement, table: str, column: str) -> None:
+    """A table the VSchema shards by ``column`` must have it: every row is placed by it."""
+    schema = st.ast.this if isinstance(st.ast, exp.Create) else None
+    if not isinstance(schema, exp.Schema):
+        return  # not a column list: SQLite judges the statement
+    # a typed column is a ColumnDef, an untyped one a bare Identifier
+    names = {
+        c.name.lower() for c in schema.expressions if isinstance(c, exp.ColumnDef | exp.Identifier)
+    }
+    if column.lower() not in names:
+        raise QueryError(
+            f"table {table} is sharded by column {column} in the VSchema, but this CREATE TABLE "
+            f"has no column {column}: add it, or change the table's entry in the VSchema",
+            code="SHARDING_COLUMN_MISSING",
+            details={"table": table, "column": column},
+        )
+
+
 def _refuse(what: str) -> NotSupportedError:
     return NotSupportedError(what)
 
@@ -1030,8 +1048,11 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
             p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_table")
             p.if_exists = exists
             if vs.has_table(name):
+                table = vs.table(name)
+                if table.kind == "sharded":
+                    _require_sharding_column(st, name, str(table.column))
                 p.route = _table_targets(vs, name)
-                p.ddl_learn = "listed" if vs.table(name).kind == "sharded" else None
+                p.ddl_learn = "listed" if table.kind == "sharded" else None
                 return p
             policy = vs.default_table
             if policy == "refuse":

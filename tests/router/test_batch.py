@@ -74,3 +74,11 @@ def test_group_matches_routing_each_set(
             for params in sets:
                 key = router.key_of(p.insert_rows[0][0]).bind(params)
                 assert key is None or VS.shard_for(str(p.table), key) == sid
+
+
+def test_a_table_without_its_sharding_column_gets_a_typed_error():
+    """A table created on the shards directly, without the VSchema's sharding column."""
+    p = plan("INSERT INTO users VALUES (?, ?)", VS)
+    info = TableInfo(["id", "name"], {}, ["id"], None, {})
+    outcome = _outcome(lambda: InsertRouter(p, info, VS, {}))
+    assert outcome[0] == "error" and outcome[1][1] == "SHARDING_COLUMN_MISSING"

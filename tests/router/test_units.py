@@ -142,3 +142,13 @@ def test_syntax_errors_are_typed():
     assert info.value.code == "SYNTAX_ERROR"
     with pytest.raises(QueryError):
         plan("SELECT 1; SELECT 2", VS)
+
+
+def test_a_sharded_table_must_have_its_sharding_column():
+    """users is sharded by tenant_id: creating it without that column is refused
+    up front, not left to fail on the first INSERT."""
+    with pytest.raises(QueryError) as info:
+        plan("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)", VS)
+    assert info.value.code == "SHARDING_COLUMN_MISSING" and "tenant_id" in info.value.message
+    assert plan("CREATE TABLE users (id INTEGER, TENANT_ID INTEGER)", VS).kind == "ddl"
+    assert plan("CREATE TABLE IF NOT EXISTS users (tenant_id, x)", VS).kind == "ddl"
