@@ -3,16 +3,24 @@
 Handing a statement to a worker thread and its result back costs more than a
 point lookup itself: two thread wake-ups, the GIL changing hands, a channel
 and a watchdog task. So an autocommit SELECT is first tried on the event-loop
-thread, under a budget of SQLite VM instructions (a progress handler) and
-with no busy wait. If it runs past the budget, or would wait for a lock, it
-is interrupted and the caller runs it again on a worker thread, where the
-statement timeout and ``busy_timeout`` apply as usual. A SELECT changes
-nothing, so starting it twice is safe; the budget bounds how long the event
-loop is held (a few hundred microseconds at most).
+thread, under a budget of SQLite VM instructions (a progress handler), with
+no busy wait and a small cap on string and blob sizes. If it runs past the
+budget, would wait for a lock or would build a large value, it is
+interrupted and the caller runs it again on a worker thread, where the
+statement timeout, ``busy_timeout`` and SQLite's usual limits apply. A SELECT
+changes nothing, so starting it twice is safe.
+
+The budget counts VM instructions, and a few single instructions can do a
+lot of work between two progress-handler calls: building a large string or
+blob (hence the size cap) and counting a whole table for ``SELECT count(*)
+FROM t`` with no WHERE (SQLite's one-instruction count, so such statements go
+straight to a thread). What is left holds the event loop for well under a
+millisecond.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from dosql import protocol
@@ -21,7 +29,13 @@ from dosql.shard.executor import Shard
 
 STEP = 1000  # VM instructions between progress-handler calls
 BUDGET = 20  # progress-handler calls before the statement moves to a thread
-_RETRY_ON_THREAD = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+MAX_VALUE_BYTES = 1 << 20  # largest string or blob an inline read may build
+_RETRY_ON_THREAD = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_TOOBIG)
+_WHOLE_TABLE_COUNT = re.compile(
+    r"\s*SELECT\s+count\s*\(\s*\*?\s*\)(?:\s+(?:AS\s+)?\S+)?\s+FROM\s+[^\s;]+"
+    r"(?:\s+(?:AS\s+)?[^\s;]+)?\s*;?\s*",
+    re.IGNORECASE,
+)
 
 
 def read(
@@ -29,9 +43,11 @@ def read(
 ) -> list[protocol.Result] | None:
     """The reply chunks of an autocommit SELECT, or None: run it on a thread instead.
 
-    Errors other than "over budget" and "busy" are raised as on the thread
-    path, for the caller to report.
+    Errors other than "over budget", "busy" and "value too big" are raised
+    as on the thread path, for the caller to report.
     """
+    if _WHOLE_TABLE_COUNT.fullmatch(sql):
+        return None
     calls = 0
 
     def tick() -> bool:
@@ -42,15 +58,18 @@ def read(
     conn = state.conn
     chunks: list[protocol.Result] = []
     _busy_timeout(state, 0)
+    max_length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
     conn.set_progress_handler(tick, STEP)
     try:
         outcome = shard.execute(state, sql, params, chunks.append, request_id, autocommit=True)
-    except sqlite3.OperationalError as exc:
-        if calls > BUDGET or (exc.sqlite_errorcode & 0xFF) in _RETRY_ON_THREAD:
+    except sqlite3.Error as exc:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if calls > BUDGET or (code is not None and code & 0xFF in _RETRY_ON_THREAD):
             return None
         raise
     finally:
         conn.set_progress_handler(None, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max_length)
         _busy_timeout(state, shard.cfg.busy_timeout_ms)
     chunks.append(outcome.final)
     return chunks

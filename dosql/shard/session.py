@@ -258,7 +258,7 @@ class Session:
             self.metrics.reads.labels("inline").inc()
             await self.statement_failed(state, request_id, exc, False)
             return True
-        if replies is None:
+        if replies is None:  # not suited, or over budget: on a thread
             self.metrics.reads.labels("thread").inc()
             return False
         self.metrics.reads.labels("inline").inc()

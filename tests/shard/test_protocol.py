@@ -398,8 +398,12 @@ def test_costly_reads_move_off_the_event_loop_with_the_same_answers(
     big = client.execute("SELECT id, v FROM t ORDER BY id")
     assert big.rows == [[i, i * 2] for i in range(30000)] and big.chunks > 1
     expect_error(lambda: client.execute("SELECT nope FROM t"), "QUERY_ERROR")
-    assert client.execute("SELECT count(*) FROM t").rows == [[30000]]  # connection still usable
+    # one VM instruction each, but a lot of work: a whole-table count, a large value
+    assert client.execute("SELECT count(*) FROM t").rows == [[30000]]
+    assert client.execute("SELECT length(zeroblob(3000000))").rows == [[3000000]]
+    assert client.execute("SELECT v FROM t WHERE id = ?", [8]).rows == [[16]]  # still usable
     text = http_get(shard, "/metrics")[1].decode()
-    assert 'dosql_autocommit_reads_total{path="thread"} 2.0' in text
-    # point read, count, and the failing read: inline
+    # the recursive CTE, the 30,000-row scan, the count and the large blob: thread
+    assert 'dosql_autocommit_reads_total{path="thread"} 4.0' in text
+    # the two point reads and the failing read: inline
     assert 'dosql_autocommit_reads_total{path="inline"} 3.0' in text
