@@ -11,25 +11,9 @@ from hypothesis import strategies as st
 
 import vschema
 from dosql.errors import DoSQLError
+from tests.vschema.test_values import DECLARED_TYPES
 
-COLUMN_TYPES = [
-    None,
-    "INTEGER",
-    "int",
-    "BIGINT",
-    "TEXT",
-    "VARCHAR(20)",
-    "CLOB",
-    "BLOB",
-    "",
-    "REAL",
-    "DOUBLE PRECISION",
-    "FLOAT",
-    "NUMERIC",
-    "DECIMAL(10,2)",
-    "DATE",
-    "BOOLEAN",
-]
+COLUMN_TYPES = [None, "int", *DECLARED_TYPES]
 
 KEYS = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
