@@ -29,5 +29,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The pushdown differential fuzzer on a big budget (make test runs it on 300 statements).
+# DOSQL_FUZZ_EXAMPLES: statements to run; DOSQL_FUZZ_SEED: the seed (default: the date).
+.PHONY: fuzz
+fuzz: $(STAMP)
+	DOSQL_FUZZ_EXAMPLES=$${DOSQL_FUZZ_EXAMPLES:-20000} DOSQL_FUZZ_SEED=$${DOSQL_FUZZ_SEED:-$$(date +%Y%m%d)} \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 tests/router/test_fuzz_pushdown.py
+
 clean:
 	rm -rf $(VENV) .dosql-data .pytest_cache

@@ -107,7 +107,7 @@ async def _read(ex: Executor, p: Plan, params: Any, session: ClientSession, add:
             add("shard", targets[0], p.text)
             return
         if p.group is not None:
-            g = p.group
+            g = await ex.resolve_group(p, session.tx)
             add(_spread(ex, targets), ",".join(targets), g.pushed, "partial aggregation per shard")
             for sid in targets:
                 add("shard", sid, g.pushed)

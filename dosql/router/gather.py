@@ -89,6 +89,26 @@ def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def raw_columns(col: str) -> str:
+    """Fetch ``col`` as two columns: TEXT as its bytes (first), anything else (second).
+
+    A row whose text is not valid UTF-8 cannot travel as text; as a BLOB it
+    does, and :func:`run_local` makes it TEXT again with the same bytes.
+    """
+    return (
+        f"CASE WHEN typeof({col}) = 'text' THEN CAST({col} AS BLOB) END, "
+        f"CASE WHEN typeof({col}) = 'text' THEN NULL ELSE {col} END"
+    )
+
+
+def _raw_values(n: int) -> str:
+    """VALUES for rows fetched with :func:`raw_columns` (``2 * n`` parameters)."""
+    return ", ".join(
+        f"CASE WHEN ?{2 * i + 1} IS NOT NULL THEN CAST(?{2 * i + 1} AS TEXT) ELSE ?{2 * i + 2} END"
+        for i in range(n)
+    )
+
+
 # --------------------------------------------------------------------------- planning
 
 
@@ -244,6 +264,8 @@ def _analyse(text: str, params: tuple[int, ...] | None, node: exp.Expression) ->
     for n in node.walk():
         if isinstance(n, exp.Subquery | exp.Select | exp.Exists | exp.Window | exp.AggFunc):
             return None
+        if isinstance(n, exp.In) and n.args.get("field") is not None:
+            return None  # ``x IN tablename``: reads another whole table, like a subquery
         if isinstance(n, exp.Anonymous):
             fname = str(n.this).lower()
             if fname in _VOLATILE or fname in ("group_concat", "string_agg"):
@@ -311,8 +333,12 @@ def run_local(
     timeout_ms: int | None,
     extra_ddl: list[str] | None = None,
     finish: Any = None,
+    raw: frozenset[str] = frozenset(),
 ) -> tuple[list[str], list[str | None] | None, list[list[Any]]]:
-    """Recreate the tables in memory, load ``data`` (table, columns, rows), run ``sql``."""
+    """Recreate the tables in memory, load ``data`` (table, columns, rows), run ``sql``.
+
+    Rows of the tables in ``raw`` were fetched with :func:`raw_columns`.
+    """
     from dosql.shard.decltypes import decltypes
     from dosql.shard.errormap import map_error
 
@@ -327,9 +353,10 @@ def run_local(
         for table, columns, rows in data:
             if not rows:
                 continue
+            values = _raw_values(len(columns)) if table in raw else ", ".join("?" * len(columns))
             ins = (
                 f"INSERT INTO {quote(table)} ({', '.join(quote(c) for c in columns)}) "
-                f"VALUES ({', '.join('?' * len(columns))})"
+                f"VALUES ({values})"
             )
             try:
                 con.executemany(ins, rows)

@@ -20,6 +20,20 @@ are rewritten by token: aggregate calls become their merged form, column
 names that are GROUP BY columns become their ``__g`` column. Anything else
 (DISTINCT aggregates, GROUP_CONCAT, parameters outside WHERE, other columns)
 raises NotSupportedError and the statement falls back to the gather plan.
+
+Name resolution follows SQLite (checked against sqlite3 itself): in GROUP BY
+and HAVING a bare name is the table's column when the table has a column of
+that name, and a select-list alias only otherwise; in ORDER BY a term that is
+just a name (in parentheses or with COLLATE too) is the alias first. Which
+names are columns is known only at run time, so a plan that read a name as an
+alias records it in ``shadow``; the executor re-plans with the table's column
+names when one of them is a column (:func:`needs_columns`).
+
+Type affinity: a group key that is a column (or a CAST) keeps its affinity in
+SQLite, so ``HAVING a = '3'`` on an INTEGER column converts '3'. The
+``__partials`` column of such a key is declared with that affinity
+(``affinity``: the column name, resolved to its declared type at run time, or
+the CAST type), so the final step compares exactly as on one database.
 """
 
 from __future__ import annotations
@@ -47,7 +61,56 @@ class GroupPlan:
     final: str
     from_text: str  # FROM clause text, for collation probes
     names: list[tuple[str, str | None]]  # per output column: (name or column ref, kind)
+    # alias names read as aliases that would mean the table's column if it has one
+    shadow: frozenset[str] = frozenset()
+    # per group column: ("column", name) / ("type", declared type) / None (no affinity)
+    affinity: list[tuple[str, str] | None] = field(default_factory=list)
     cache: dict[str, Any] = field(default_factory=dict)
+
+
+def needs_columns(g: GroupPlan, table_columns: frozenset[str]) -> bool:
+    """Whether ``g`` read a name as an alias although the table has a column of that name."""
+    return bool(g.shadow & table_columns)
+
+
+def affinity_type(declared: str | None) -> str:
+    """SQLite's affinity of a declared type (datatype3 §3.1), as a type name declaring it."""
+    t = (declared or "").upper()
+    if "INT" in t:
+        return "INTEGER"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "TEXT"
+    if "BLOB" in t or not t:
+        return ""
+    if "REAL" in t or "FLOA" in t or "DOUB" in t:
+        return "REAL"
+    return "NUMERIC"
+
+
+def _affinity_source(node: exp.Expression | None) -> tuple[str, str] | None:
+    """Where an expression's affinity comes from (SQLite: a column or a CAST; else none)."""
+    while isinstance(node, exp.Paren | exp.Collate | exp.Alias):
+        node = node.this
+    if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+        return ("column", str(node.name).lower())
+    if isinstance(node, exp.Cast) and node.args.get("to") is not None:
+        return ("type", affinity_type(node.args["to"].sql(dialect="sqlite")))
+    return None
+
+
+def _bare_name(toks: list[Any], a: int, b: int) -> str | None:
+    """The name an ORDER BY term [a, b) consists of (parentheses, COLLATE, ASC/DESC aside)."""
+    while b > a and toks[b - 1].text.upper() in ("ASC", "DESC", "FIRST", "LAST", "NULLS"):
+        b -= 1
+    if b - a >= 3 and toks[b - 2].text.upper() == "COLLATE":
+        b -= 2
+    while (
+        b - a >= 3 and toks[a].type == TokenType.L_PAREN and toks[b - 1].type == TokenType.R_PAREN
+    ):
+        a, b = a + 1, b - 1
+    if b - a == 1 and toks[a].type in _IDENT:
+        return toks[a].text.strip('"`[]').lower()
+    return None
 
 
 def _norm(text: str) -> str:
@@ -58,7 +121,8 @@ def _fail(why: str) -> NotSupportedError:
     return NotSupportedError(why)
 
 
-def plan(st: Any, ast: exp.Select) -> GroupPlan:
+def plan(st: Any, ast: exp.Select, columns: frozenset[str] | None = None) -> GroupPlan:
+    """The partial-aggregation plan; ``columns``: the table's column names, when known."""
     from dosql.router import planner as P
 
     toks = st.toks
@@ -93,25 +157,42 @@ def plan(st: Any, ast: exp.Select) -> GroupPlan:
         raise _fail("parameters in the select list")
     # group terms (positions and aliases resolved to expression text)
     aliases: dict[str, str] = {}
+    alias_nodes: dict[str, exp.Expression] = {}
     item_texts: list[str] = []
     for (a, b), item in zip(items, ast.expressions, strict=True):
         ia, ib = P._item_expr_span(st, a, b, item)
         item_texts.append(sqltext.span_text(st.text, toks, ia, ib))
         if isinstance(item, exp.Alias):
             aliases[str(item.alias).lower()] = item_texts[-1]
+            alias_nodes[str(item.alias).lower()] = item.this
+    unresolved = columns is None  # names read as aliases must be checked at run time
+    known = columns if columns is not None else frozenset()
+    # names that are aliases in GROUP BY/HAVING: those that are not (known) columns
+    usable = {n for n in aliases if n not in known}
+    shadow: set[str] = set()
+    group_nodes = list(ast.args["group"].expressions)
+    group_spans = sqltext.split_top(toks, gb + 1, gb_end, 0)
+    if len(group_nodes) != len(group_spans):
+        raise _fail("could not match GROUP BY terms to their text")
     groups: list[str] = []
-    for a, b in sqltext.split_top(toks, gb + 1, gb_end, 0):
+    affinity: list[tuple[str, str] | None] = []
+    for (a, b), gnode in zip(group_spans, group_nodes, strict=True):
         text = sqltext.span_text(st.text, toks, a, b)
+        name = text.strip('"`[]').lower()
+        source: exp.Expression | None = gnode
         if b - a == 1 and toks[a].type == TokenType.NUMBER and text.isdigit():
             j = int(text) - 1
             if not 0 <= j < len(item_texts):
                 raise _fail("GROUP BY position out of range")
-            text = item_texts[j]
-        elif b - a == 1 and toks[a].type in _IDENT and text.lower() in aliases:
-            text = aliases[text.lower()]
+            text, source = item_texts[j], ast.expressions[j]
+        elif b - a == 1 and toks[a].type in _IDENT and name in usable:
+            if unresolved:
+                shadow.add(name)  # a column of this name would win: checked at run time
+            text, source = aliases[name], alias_nodes[name]
         groups.append(text)
+        affinity.append(_affinity_source(source))
     gnorm = {_norm(g): i for i, g in enumerate(groups)}
-    columns = [f"__g{i}" for i in range(len(groups))]
+    columns = [f"__g{i}" for i in range(len(groups))]  # from here on: __partials columns
     probes: list[str | None] = list(groups)
     partial_sql = [f"{g} AS __g{i}" for i, g in enumerate(groups)]
     agg_cache: dict[str, str] = {}
@@ -162,14 +243,25 @@ def plan(st: Any, ast: exp.Select) -> GroupPlan:
         else:
             final_items.append(expr_text)
             names.append((text, None))
-    alias_set = set(aliases)
     tail = ""
     if having_i is not None:
         h_end = min([i for i in (order_i, limit_i) if i is not None and i > having_i] + [end])
-        tail += " HAVING " + _rewrite(st, having_i + 1, h_end, gnorm, merge_call, alias_set)
+        kept: set[str] = set()
+        tail += " HAVING " + _rewrite(st, having_i + 1, h_end, gnorm, merge_call, usable, kept)
+        if unresolved:
+            shadow |= kept
     if order_i is not None:
         o_end = limit_i if limit_i is not None and limit_i > order_i else end
-        tail += " ORDER BY " + _rewrite(st, order_i + 1, o_end, gnorm, merge_call, alias_set)
+        terms: list[str] = []
+        for a, b in sqltext.split_top(toks, order_i + 1, o_end, 0):
+            if _bare_name(toks, a, b) in aliases:  # ORDER BY alias: the alias, always
+                terms.append(sqltext.span_text(st.text, toks, a, b))
+                continue
+            kept = set()
+            terms.append(_rewrite(st, a, b, gnorm, merge_call, usable, kept))
+            if unresolved:
+                shadow |= kept
+        tail += " ORDER BY " + ", ".join(terms)
     if limit_i is not None:
         tail += " " + st.text[toks[limit_i].start :]
     where_end = toks[gb].start
@@ -189,13 +281,25 @@ def plan(st: Any, ast: exp.Select) -> GroupPlan:
         final=final,
         from_text=sqltext.span_text(st.text, toks, from_i + 1, from_end),
         names=names,
+        shadow=frozenset(shadow),
+        affinity=affinity,
     )
 
 
 def _rewrite(
-    st: Any, a: int, b: int, gnorm: dict[str, int], merge_call: Any, aliases: set[str]
+    st: Any,
+    a: int,
+    b: int,
+    gnorm: dict[str, int],
+    merge_call: Any,
+    aliases: set[str],
+    kept: set[str] | None = None,
 ) -> str:
-    """Text of tokens [a, b) with aggregate calls merged and group columns renamed."""
+    """Text of tokens [a, b) with aggregate calls merged and group columns renamed.
+
+    Names in ``aliases`` that are not group terms stay as written (the final step
+    resolves them to its select-list aliases); they are added to ``kept``.
+    """
     toks = st.toks
     out: list[str] = []
     pos = toks[a].start if a < b else 0
@@ -261,22 +365,37 @@ def _rewrite(
                 pos = t.end
             elif low.strip('"`[]') not in aliases:
                 raise _fail(f"column {t.text} is neither grouped nor aggregated")
+            elif kept is not None:
+                kept.add(low.strip('"`[]'))
         i += 1
     out.append(st.text[pos : toks[b - 1].end] if a < b else "")
     return "".join(out)
 
 
 def run_final(
-    g: GroupPlan, collations: list[str | None], rows: list[list[Any]], timeout_ms: int | None
+    g: GroupPlan,
+    collations: list[str | None],
+    rows: list[list[Any]],
+    timeout_ms: int | None,
+    types: list[str] | None = None,
 ) -> list[list[Any]]:
-    """Load the partials (columns typeless, with the probed collations) and run the final step."""
+    """Load the partials and run the final step.
+
+    Each ``__partials`` column gets the probed collation and, for group keys,
+    ``types`` (the key's affinity; aggregates stay typeless, as SQLite's are).
+    """
     from dosql.shard.errormap import map_error
 
+    types = types or []
     con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         decl = ", ".join(
-            f"{c} COLLATE {coll}" if coll else c
-            for c, coll in zip(g.columns, collations, strict=True)
+            " ".join(
+                x
+                for x in (c, types[i] if i < len(types) else "", f"COLLATE {coll}" if coll else "")
+                if x
+            )
+            for i, (c, coll) in enumerate(zip(g.columns, collations, strict=True))
         )
         con.execute(f"CREATE TABLE __partials ({decl})")
         con.execute("BEGIN")

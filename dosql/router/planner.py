@@ -83,6 +83,21 @@ def _refuse(what: str) -> NotSupportedError:
     return NotSupportedError(what)
 
 
+def _refuse_trigger(words: list[str]) -> None:
+    """CREATE [TEMP] TRIGGER is refused before anything else looks at its text.
+
+    A trigger body holds ``;``-separated statements, so the one-statement check
+    would otherwise answer with a misleading "one statement at a time" error.
+    Triggers are refused because a trigger on one shard sees that shard's rows
+    only (and the shards' change capture owns the tables' triggers).
+    """
+    if words[:1] == ["CREATE"] and "TRIGGER" in words[1:3]:
+        raise _refuse(
+            "CREATE TRIGGER through the router: a trigger would run on each shard over that "
+            "shard's rows only; put the logic in the application or a change-stream consumer"
+        )
+
+
 class Statement:
     """A statement's text, tokens, parameters and AST."""
 
@@ -94,6 +109,7 @@ class Statement:
         if not toks:
             raise QueryError("empty statement: nothing to execute", code="SYNTAX_ERROR")
         text = text[: toks[-1].end]
+        _refuse_trigger([t.text.upper() for t in toks[:3]])
         if any(t.type == TokenType.SEMICOLON for t in toks):
             raise QueryError("you can only execute one statement at a time", code="QUERY_ERROR")
         if toks[0].text.upper() == "REPLACE":  # REPLACE INTO == INSERT OR REPLACE INTO
@@ -210,10 +226,25 @@ def _table_name(t: exp.Table) -> str:
     return str(t.name).lower()
 
 
+def _in_tables(ast: exp.Expression) -> list[exp.Table]:
+    """The tables of SQLite's ``x IN tablename`` form (sqlglot parses the name as a column).
+
+    SQLite's grammar reads ``expr IN nm`` / ``expr IN schema.nm`` as a table, never a
+    column, so the statement reads that whole table: it must count as one of the
+    statement's tables (a scatter would see each shard's part only).
+    """
+    out = []
+    for node in ast.find_all(exp.In):
+        field = node.args.get("field")
+        if isinstance(field, exp.Column) and not isinstance(field.this, exp.Star):
+            out.append(exp.Table(this=field.this.copy(), db=field.args.get("table")))
+    return out
+
+
 def physical_tables(ast: exp.Expression) -> list[exp.Table]:
     ctes = {str(c.alias_or_name).lower() for c in ast.find_all(exp.CTE)}
     out = []
-    for t in ast.find_all(exp.Table):
+    for t in [*ast.find_all(exp.Table), *_in_tables(ast)]:
         if not t.name:
             continue
         if not t.args.get("db") and str(t.name).lower() in ctes:
@@ -391,7 +422,7 @@ def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Plan:
         rest = st.text[m.end() :] if m else ""
         if not rest.strip():
             raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
-        inner = plan(rest, vs)
+        inner = plan(rest, vs, views)  # views: EXPLAIN of a statement that reads one
         if m and m.group(1):  # EXPLAIN QUERY PLAN: SQLite's own plan, from one shard
             route = inner.route if inner.route and inner.route.kind == "shard" else Route("any")
             return Plan("read", st.text, route=route)
@@ -475,11 +506,13 @@ def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
             p.group = groupby.plan(st, ast)
         except NotSupportedError:
             p.group = None
-    if p.refuse_scatter or p.pushed is None:
-        try:
-            p.gather = gather.build(st, ast, vs)
-        except NotSupportedError:
-            p.gather = None  # refused at run time if it needs several shards
+    # Always kept: the fallback when a pushdown turns out inexact at run time (a
+    # shard row the merge would have dropped cannot be read, a GROUP BY name is a
+    # column after all); used up front when the statement cannot be pushed down.
+    try:
+        p.gather = gather.build(st, ast, vs)
+    except NotSupportedError:
+        p.gather = None  # refused at run time if it needs several shards
     return p
 
 
