@@ -54,15 +54,54 @@ class Buffers:
         buf.bytes += entry.size
         return buf
 
-    def take(self, table: str | None = None) -> dict[str, list[Entry]]:
+    def take(
+        self, table: str | None = None, cut: dict[str, int] | None = None
+    ) -> dict[str, list[Entry]]:
+        """Take the entries of ``table`` (or all tables) for a flush; with ``cut``
+        only those with ``lsn <= cut[shard]`` (a shard ``cut`` does not name: all),
+        the rest staying buffered in order (see dolake/distributed.py)."""
         names = [table] if table is not None else list(self.tables)
         taken: dict[str, list[Entry]] = {}
         for name in names:
-            buf = self.tables.pop(name, None)
-            if buf and buf.entries:
-                taken[name] = buf.entries
-                self.in_flight += buf.bytes
+            buf = self.tables.get(name)
+            if buf is None:
+                continue
+            if cut is None:
+                mine, rest = buf.entries, []
+            else:
+                mine, rest = [], []
+                for e in buf.entries:
+                    limit = cut.get(e.shard)
+                    (mine if limit is None or e.change.lsn <= limit else rest).append(e)
+            if rest:
+                buf.entries = rest
+                size = sum(e.size for e in mine)
+                buf.bytes -= size
+            else:
+                del self.tables[name]
+                size = buf.bytes
+            if mine:
+                taken[name] = mine
+                self.in_flight += size
         return taken
+
+    def entries(self) -> list[Entry]:
+        """Every buffered entry (all tables)."""
+        return [e for buf in self.tables.values() for e in buf.entries]
+
+    def oldest_commit_ts(self) -> dict[str, int]:
+        """Per shard, the commit time of its oldest (lowest-LSN) buffered change."""
+        oldest: dict[str, tuple[int, int]] = {}
+        for buf in self.tables.values():
+            seen: set[str] = set()
+            for e in buf.entries:
+                if e.shard in seen:
+                    continue  # entries of one shard are in LSN order within a table
+                seen.add(e.shard)
+                have = oldest.get(e.shard)
+                if have is None or e.change.lsn < have[0]:
+                    oldest[e.shard] = (e.change.lsn, e.change.commit_ts)
+        return {s: ts for s, (_lsn, ts) in oldest.items()}
 
     def done(self, taken: dict[str, list[Entry]]) -> None:
         self.in_flight -= sum(e.size for entries in taken.values() for e in entries)

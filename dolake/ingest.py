@@ -8,6 +8,12 @@ with the watermark the lake has committed for it; then each
 ``unknown_source``: the batch is wrong). Independently the lake sends
 :class:`Committed` whenever a flush moves the shard's committed watermark.
 
+A batch never ends inside a distributed transaction's part (the shard's
+streamer extends it to the part's end), so a part is whole once buffered; the
+flush holds a part back until its sibling parts from the other participants
+have arrived (dolake/distributed.py). A shard such a held-back part waits for is
+admitted even when the buffer is full, so the held parts can always complete.
+
 A batch is validated completely before any of it is buffered, so nothing
 from a refused batch ever reaches Iceberg. Changes the lake already holds
 (``lsn <= received``: a resend after a reconnect) are acknowledged and
@@ -136,7 +142,9 @@ class Session:
                 expected_lsn=source.received + 1,
             )
             return
-        if lake.buffer_full():
+        if lake.buffer_full() and self.shard not in lake.awaited:
+            # (a shard a held-back distributed transaction waits for is always taken:
+            # refusing it would keep the held-back parts in the buffer for good)
             lake.request_flush()
             await self.nack(
                 "buffer_full",
@@ -158,6 +166,7 @@ class Session:
         if source.oldest_pending_at is None:
             source.oldest_pending_at = now
         source.received = msg.last_lsn
+        source.received_ts = max(source.received_ts, msg.changes[-1].commit_ts)
         source.last_batch_at = now
         if lake.buffers.bytes + lake.buffers.in_flight >= lake.config.max_buffer_size:
             lake.request_flush()

@@ -59,7 +59,7 @@ from dosql import protocol
 OVERFLOW = "_dosql_overflow"
 ROWID = "_dosql_rowid"
 SHARD_COL = "_dosql_shard"
-CHANGELOG_META = ("_op", "_lsn", "_shard", "_txid", "_commit_ts")
+CHANGELOG_META = ("_op", "_lsn", "_shard", "_txid", "_commit_ts", "_gtid", "_parts")
 HIDDEN_PREFIX = "_dosql_"
 # Keys of ``_dosql_overflow`` on change log rows with ``_op = 'schema'``: the
 # event's action (create/alter/drop/index), its DDL, the table it was renamed from.

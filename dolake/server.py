@@ -7,6 +7,7 @@ keep being acknowledged (or refused with ``buffer_full``) while a flush runs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
+from dolake import distributed
 from dolake.buffer import Buffers
 from dolake.catalog import catalog_properties, open_catalog
 from dolake.ingest import Session
@@ -40,6 +42,8 @@ class Source:
     shard: str
     committed: int = 0  # every change <= this is in the lake (both sides of every table)
     received: int = 0  # highest LSN buffered (or committed)
+    received_ts: int = 0  # commit time of the change at ``received`` (0: none this run)
+    safe_ts: int = 0  # every change of the shard committed before this is in the lake
     session: Session | None = None
     last_batch_at: float | None = None
     oldest_pending_at: float | None = None
@@ -82,6 +86,14 @@ class LakeServer:
         )
         for shard, lsn in self.writer.committed().items():
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
+        for shard, ts in self.writer.safe_ts().items():
+            self.sources.setdefault(shard, Source(shard)).safe_ts = ts
+        # distributed transactions (dolake/distributed.py): parts committed by this
+        # process whose gtid still has buffered changes, and the shards a held-back
+        # transaction waits for (their batches are taken even when the buffer is full)
+        self.committed_parts: dict[str, set[str]] = {}
+        self.awaited: set[str] = set()
+        self.held_back: dict[str, Any] = {}
         self.subscribe_ctx = SubscribeContext.from_config(config, data_dir)
         for lt in self.writer.tables.values():
             if lt.committed_at and (self.last_commit_at or 0) < lt.committed_at:
@@ -147,8 +159,9 @@ class LakeServer:
         """Commit what is buffered (one table or all); returns snapshots and watermarks."""
         async with self.flush_lock:
             start = time.perf_counter()
-            cut = {s.shard: s.received for s in self.sources.values()}
-            taken = self.buffers.take(table.lower() if table else None)
+            plan = self.plan_cut()
+            cut = plan.lsn
+            taken = self.buffers.take(table.lower() if table else None, cut)
             results: dict[str, TableFlush] = {}
             try:
                 for name, entries in taken.items():
@@ -157,6 +170,7 @@ class LakeServer:
                             self.writer.flush_table, name, entries, cut
                         )
                         self.table_errors.pop(name, None)
+                        self._note_committed(entries)
                     except Exception as exc:
                         log.exception("table flush failed; changes kept", extra={"table": name})
                         self.metrics.flush_errors.inc()
@@ -170,6 +184,16 @@ class LakeServer:
                         )
             finally:
                 self.buffers.done(taken)
+            self._prune_committed_parts()
+            self.awaited = plan.awaited
+            self.held_back = {
+                g: {
+                    "parts": list(tx.parts),
+                    "commit_ts": tx.commit_ts,
+                    "have": sorted(tx.first_lsn),
+                }
+                for g, tx in itertools.islice(plan.held.items(), 100)  # /status stays small
+            }
             committed = await self._advance(cut)
             elapsed = (time.perf_counter() - start) * 1000
             if taken:
@@ -201,10 +225,47 @@ class LakeServer:
                 info["errors"] = errors
             return info
 
+    def plan_cut(self) -> distributed.Cut:
+        """Where this flush cuts each shard's stream: no distributed transaction
+        half in (see dolake/distributed.py)."""
+        received = {s.shard: s.received for s in self.sources.values()}
+        txs = distributed.collect(self.buffers.entries())
+        if not txs:
+            return distributed.Cut(received, {}, set())
+        return distributed.plan_cut(
+            received, txs, committed_parts=self.committed_parts, safe_ts=self._safe_ts()
+        )
+
+    def _safe_ts(self) -> dict[str, int]:
+        """Per shard: every change committed before this time is in the lake -- the
+        commit time of its oldest buffered change, or of the last one received
+        (commit times never decrease along a shard's LSNs)."""
+        oldest = self.buffers.oldest_commit_ts()
+        out: dict[str, int] = {}
+        for shard, source in self.sources.items():
+            now = oldest.get(shard, source.received_ts)
+            out[shard] = max(source.safe_ts, now)
+        return out
+
+    def _note_committed(self, entries: list[Any]) -> None:
+        for e in entries:
+            ch = e.change
+            if ch.gtid is not None and distributed.participants(ch.parts):
+                self.committed_parts.setdefault(ch.gtid, set()).add(e.shard)
+
+    def _prune_committed_parts(self) -> None:
+        if not self.committed_parts:
+            return
+        buffered = {e.change.gtid for e in self.buffers.entries() if e.change.gtid}
+        for gtid in [g for g in self.committed_parts if g not in buffered]:
+            del self.committed_parts[gtid]
+
     async def _advance(self, cut: dict[str, int]) -> dict[str, int]:
         """Move each shard's committed watermark to just below its oldest
         still-buffered change, persist, and announce it to the shard."""
         moved: dict[str, int] = {}
+        safe_moved: dict[str, int] = {}
+        safe = self._safe_ts()
         for shard, source in self.sources.items():
             low = self.buffers.min_lsn(shard)
             mark = min(source.received, low - 1) if low is not None else source.received
@@ -213,8 +274,10 @@ class LakeServer:
                 moved[shard] = mark
             if low is None:
                 source.oldest_pending_at = None
-        if moved:
-            await trio.to_thread.run_sync(self.writer.save_committed, moved)
+            if safe.get(shard, 0) > source.safe_ts:
+                source.safe_ts = safe_moved[shard] = safe[shard]
+        if moved or safe_moved:
+            await trio.to_thread.run_sync(self.writer.save_committed, moved, safe_moved)
             for shard in moved:
                 session = self.sources[shard].session
                 if session is not None:
@@ -342,6 +405,8 @@ class LakeServer:
             "tables": tables,
             "errors": dict(self.table_errors),
             "last_flush": self.last_flush,
+            # distributed transactions the last flush held back: gtid -> parts, what is here
+            "held_back_transactions": dict(self.held_back),
         }
 
     async def deep_health(self) -> dict[str, Any]:

@@ -8,6 +8,10 @@
   written after a flush has committed both sides of every table it touched:
   every change of the shard up to there is in the lake. This is what
   ``CDCWelcome`` returns and ``Committed`` announces (the shard may purge).
+- Per shard, globally: ``dosql.safe_ts.<shard>`` (UTC microseconds): every
+  change of the shard committed before that time is in the lake. A held-back
+  distributed transaction whose part on that shard is older is not waiting
+  for it (see dolake/distributed.py).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pyiceberg.table import Table
 
 PREFIX = "dosql.watermark."
 COMMITTED = "dosql.committed."
+SAFE_TS = "dosql.safe_ts."
 
 
 def of_table(table: Table) -> dict[str, int]:
@@ -32,8 +37,19 @@ def load_committed(catalog: Catalog, namespace: str) -> dict[str, int]:
     return {k[len(COMMITTED) :]: int(v) for k, v in props.items() if k.startswith(COMMITTED)}
 
 
-def save_committed(catalog: Catalog, namespace: str, marks: dict[str, int]) -> None:
-    if marks:
-        catalog.update_namespace_properties(
-            namespace, updates={f"{COMMITTED}{s}": str(v) for s, v in marks.items()}
-        )
+def load_safe_ts(catalog: Catalog, namespace: str) -> dict[str, int]:
+    props = catalog.load_namespace_properties(namespace)
+    return {k[len(SAFE_TS) :]: int(v) for k, v in props.items() if k.startswith(SAFE_TS)}
+
+
+def save_committed(
+    catalog: Catalog,
+    namespace: str,
+    marks: dict[str, int],
+    safe_ts: dict[str, int] | None = None,
+) -> None:
+    """One catalog update: the committed watermarks (and safe commit times) that moved."""
+    updates = {f"{COMMITTED}{s}": str(v) for s, v in marks.items()}
+    updates.update({f"{SAFE_TS}{s}": str(v) for s, v in (safe_ts or {}).items()})
+    if updates:
+        catalog.update_namespace_properties(namespace, updates=updates)

@@ -62,6 +62,11 @@ converges to the same rows. Mirrors written before ``_dosql_commit_ts``
 existed get the column on startup; their rows have it NULL, which every image
 may replace (the former rule).
 
+Distributed transactions: the ``cut`` a flush passes is chosen by the lake
+server (dolake/distributed.py) so that every transaction committed atomically
+across shards is in the entries whole or not at all; the change log records its
+``_gtid`` and ``_parts`` (added on startup to change logs created without).
+
 Known reference tables (VSchema in the config) feed their mirror from one
 shard (the first of the VSchema) only; their change log keeps every shard's rows.
 """
@@ -123,6 +128,11 @@ MIRROR_BUCKETS = 16
 _BUCKETABLE = (LongType, StringType, BinaryType, DecimalType, DateType, TimestampType)
 DELETE = object()  # op marker: the key has no row
 COMMIT_TS_COL = "_dosql_commit_ts"  # mirror: commit time (UTC microseconds) of the row's image
+# change log: the global transaction id and participant shards (comma-separated) of a
+# transaction committed atomically across shards (NULL for a local one)
+GTID_COL = "_gtid"
+PARTS_COL = "_parts"
+GTID_COLS = (GTID_COL, PARTS_COL)
 
 
 @dataclass
@@ -203,6 +213,7 @@ class Writer:
             except NoSuchTableError:
                 continue
             mirror = _with_commit_ts(self.catalog, mirror)
+            changelog = _with_gtid(self.catalog, changelog)
             layout = _layout_from_properties(name, mirror)
             self.tables[name] = LakeTable(
                 layout,
@@ -216,8 +227,11 @@ class Writer:
     def committed(self) -> dict[str, int]:
         return watermarks.load_committed(self.catalog, self.namespace)
 
-    def save_committed(self, marks: dict[str, int]) -> None:
-        watermarks.save_committed(self.catalog, self.namespace, marks)
+    def save_committed(self, marks: dict[str, int], safe_ts: dict[str, int] | None = None) -> None:
+        watermarks.save_committed(self.catalog, self.namespace, marks, safe_ts)
+
+    def safe_ts(self) -> dict[str, int]:
+        return watermarks.load_safe_ts(self.catalog, self.namespace)
 
     def ping(self) -> None:
         self.catalog.list_tables(self.namespace)
@@ -328,6 +342,9 @@ class Writer:
         ]
         ts_id = next(ids)
         cl_fields.append(NestedField(ts_id, "_commit_ts", TimestamptzType(), required=False))
+        cl_fields += [
+            NestedField(next(ids), name, StringType(), required=False) for name in GTID_COLS
+        ]
         cl_fields.append(NestedField(next(ids), OVERFLOW, StringType(), required=False))
         cl_spec = PartitionSpec(
             PartitionField(
@@ -337,8 +354,11 @@ class Writer:
         ns = self.namespace
         # Change log first: a mirror without its change log never exists, so
         # _load_existing (which keys on the mirror) sees complete pairs only.
-        lt.changelog = _create_or_load(
-            self.catalog, (ns, layout.name + "__changelog"), Schema(*cl_fields), cl_spec, props
+        lt.changelog = _with_gtid(
+            self.catalog,
+            _create_or_load(
+                self.catalog, (ns, layout.name + "__changelog"), Schema(*cl_fields), cl_spec, props
+            ),
         )
         mirror = _create_or_load(self.catalog, (ns, layout.name), mirror_schema, spec, props)
         lt.mirror = _with_commit_ts(self.catalog, mirror)
@@ -364,6 +384,8 @@ class Writer:
         columns["_lsn"] = [ch.lsn for ch in changes]
         columns["_shard"] = [e.shard for e in entries]
         columns["_txid"] = [ch.txid for ch in changes]
+        columns[GTID_COL] = [ch.gtid for ch in changes]
+        columns[PARTS_COL] = [",".join(ch.parts) if ch.parts else None for ch in changes]
         schema = schema_to_pyarrow(lt.changelog.schema())
         # commit times (UTC microseconds) as one array: no datetime object per row
         stamps = pa.array([ch.commit_ts for ch in changes], pa.int64())
@@ -644,6 +666,20 @@ def _with_commit_ts(catalog: Catalog, mirror: Table) -> Table:
         us.add_column(COMMIT_TS_COL, LongType())
     log.info("mirror given %s", COMMIT_TS_COL, extra={"table": mirror.name()})
     return catalog.load_table(mirror.name())
+
+
+def _with_gtid(catalog: Catalog, changelog: Table) -> Table:
+    """``changelog``, given the ``_gtid``/``_parts`` columns if an older writer created
+    it without (its rows keep NULL there: transactions of one shard, as they were)."""
+    existing = {f.name for f in changelog.schema().fields}
+    missing = [name for name in GTID_COLS if name not in existing]
+    if not missing:
+        return changelog
+    with changelog.update_schema() as us:
+        for name in missing:
+            us.add_column(name, StringType())
+    log.info("change log given %s", ", ".join(missing), extra={"table": changelog.name()})
+    return catalog.load_table(changelog.name())
 
 
 def _layout_properties(layout: TableLayout) -> dict[str, str]:

@@ -28,6 +28,8 @@ _DRIVER_NAMES = frozenset(
         "InternalError",
         "ProgrammingError",
         "NotSupportedError",
+        "TransactionAbortedError",
+        "CommitOutcomeUnknownError",
         "Binary",
         "Date",
         "Time",

@@ -234,23 +234,23 @@ class LocalCluster:
             self._shard_ports[sid] = port
             self.shard_urls[sid] = f"ws://127.0.0.1:{port}"
         self._write_config()
-        self._router = _Process(
-            "router",
-            self._python(
-                "dosql.router",
-                "--config",
-                str(self.cluster_config),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ),
-            self.data_dir / "logs" / "router.log",
-            self.env,
-        )
+        self._router = self._new_router(0)
         self._router.launch()
-        port = self._router.wait_ready()
-        self.url = f"dosql://127.0.0.1:{port}"
+        self._router_port = self._router.wait_ready()
+        self.url = f"dosql://127.0.0.1:{self._router_port}"
+
+    def _new_router(self, port: int, env: dict[str, str] | None = None) -> _Process:
+        argv = self._python(
+            "dosql.router",
+            "--config",
+            str(self.cluster_config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        )
+        log_path = self.data_dir / "logs" / "router.log"
+        return _Process("router", argv, log_path, {**self.env, **(env or {})})
 
     def _new_lake(self) -> _Process:
         return _Process(
@@ -269,7 +269,7 @@ class LocalCluster:
             self.env,
         )
 
-    def _new_shard(self, shard_id: str, port: int) -> _Process:
+    def _new_shard(self, shard_id: str, port: int, env: dict[str, str] | None = None) -> _Process:
         argv = self._python(
             "dosql.shard",
             "--id",
@@ -285,7 +285,8 @@ class LocalCluster:
         )
         if self.lake_url:
             argv += ["--lake-url", self.lake_url]
-        return _Process(shard_id, argv, self.data_dir / "logs" / f"{shard_id}.log", self.env)
+        log_path = self.data_dir / "logs" / f"{shard_id}.log"
+        return _Process(shard_id, argv, log_path, {**self.env, **(env or {})})
 
     # ------------------------------------------------------------------ faults
 
@@ -302,20 +303,39 @@ class LocalCluster:
         """SIGTERM one shard and wait for it to exit."""
         self._shard(shard_id).stop()
 
-    def start_shard(self, shard_id: str) -> None:
-        """Start a stopped or killed shard again at the same address."""
+    def start_shard(self, shard_id: str, env: dict[str, str] | None = None) -> None:
+        """Start a stopped or killed shard again at the same address.
+
+        ``env``: extra environment for this run of it (``DOSQL_CRASH_AT``, faults.py).
+        """
         proc = self._shard(shard_id)
         if proc.alive:
             return
         port = self._shard_ports[shard_id]
+        self._shards[shard_id] = self._relaunch(lambda: self._new_shard(shard_id, port, env))
+
+    def shard_alive(self, shard_id: str) -> bool:
+        return self._shard(shard_id).alive
+
+    def kill_router(self) -> None:
+        """SIGKILL the router (a crash)."""
+        if self._router is not None:
+            self._router.kill()
+
+    def start_router(self, env: dict[str, str] | None = None) -> None:
+        """Start a killed router again at the same address (``env`` as for start_shard)."""
+        if self._router is not None and self._router.alive:
+            return
+        self._router = self._relaunch(lambda: self._new_router(self._router_port, env))
+
+    def _relaunch(self, make: Any) -> _Process:
         last: Exception | None = None
         for _ in range(10):  # the port may linger briefly after a kill
-            proc = self._new_shard(shard_id, port)
-            self._shards[shard_id] = proc
+            proc = make()
             proc.launch()
             try:
                 proc.wait_ready()
-                return
+                return proc
             except RPCError as exc:
                 last = exc
                 time.sleep(0.5)

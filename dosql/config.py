@@ -56,6 +56,11 @@ SETTINGS: tuple[Setting, ...] = (
     _s("router", "shard_timeout_ms", "SHARD_TIMEOUT_MS", 10000, minimum=1),
     _s("router", "max_parallel_shards", "MAX_PARALLEL_SHARDS", 8, minimum=1),
     _s("router", "plan_cache_size", "DOSQL_PLAN_CACHE_SIZE", 1024, minimum=0),
+    # ids a router reserves from a sequence at a time (dosql/router/sequences.py)
+    _s("router", "sequence_block", "DOSQL_SEQUENCE_BLOCK", 1000, minimum=1),
+    # two-phase commit for transactions that wrote on several shards (router/twophase.py);
+    # false: commit them shard after shard, best effort (a kill can leave one half-applied)
+    _s("router", "atomic_commit", "DOSQL_ATOMIC_COMMIT", True, "bool"),
     # shard
     _s("shard", "host", "DOSQL_SHARD_HOST", "127.0.0.1", "str"),
     _s("shard", "shard_count", "SHARD_COUNT", 16, minimum=1),
@@ -69,6 +74,10 @@ SETTINGS: tuple[Setting, ...] = (
     # (bench scatter_aggregate); the sorter still sorts in memory up to cache_size.
     _s("shard", "temp_store", "DOSQL_TEMP_STORE", "FILE", "choice", choices=("FILE", "MEMORY")),
     _s("shard", "busy_timeout_ms", "DOSQL_BUSY_TIMEOUT_MS", 5000, minimum=0),
+    # How long a writer queues for a shard's write lock (dosql/shard/writelock.py)
+    # before DATABASE_LOCKED. Keep it below the router's shard_timeout_ms, which
+    # bounds every shard request including that wait.
+    _s("shard", "lock_timeout_ms", "DOSQL_LOCK_TIMEOUT_MS", 5000, minimum=1),
     _s("shard", "max_message_size", "DOSQL_MAX_MESSAGE_SIZE", 16 * 1024 * 1024, minimum=1024),
     _s("shard", "result_chunk_rows", "DOSQL_RESULT_CHUNK_ROWS", 1000, minimum=1),
     # lake
@@ -100,6 +109,8 @@ class RouterConfig:
     shard_timeout_ms: int
     max_parallel_shards: int
     plan_cache_size: int
+    sequence_block: int = 1000
+    atomic_commit: bool = True
 
 
 @dataclass(frozen=True)
@@ -113,6 +124,7 @@ class ShardConfig:
     mmap_size: int
     temp_store: str
     busy_timeout_ms: int
+    lock_timeout_ms: int
     max_message_size: int
     result_chunk_rows: int
 

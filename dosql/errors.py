@@ -24,6 +24,7 @@ class Category(StrEnum):
     CONFIGURATION = "configuration"
     RPC = "rpc"
     CDC = "cdc"
+    TRANSACTION = "transaction"
 
 
 class DoSQLError(Exception):
@@ -123,6 +124,29 @@ class CDCError(DoSQLError):
     default_code = "CDC_ERROR"
 
 
+class TransactionAbortedError(DoSQLError):
+    """The session's transaction was rolled back by an earlier error.
+
+    Raised for every statement and COMMIT of the session until it sends
+    ROLLBACK: nothing of the transaction is kept, and letting later statements
+    run (or a COMMIT succeed) would tell the application a lie.
+    """
+
+    category = Category.TRANSACTION
+    default_code = "TRANSACTION_ABORTED"
+
+
+class CommitOutcomeUnknownError(DoSQLError):
+    """A COMMIT whose outcome cannot be known: a participant was lost during its commit.
+
+    ``details["gtid"]`` is the transaction's global id; ``SELECT
+    dosql_transaction_status('<gtid>')`` answers committed / aborted / in_doubt.
+    """
+
+    category = Category.TRANSACTION
+    default_code = "COMMIT_OUTCOME_UNKNOWN"
+
+
 # Stable codes in use, so clients can rely on them. Adding is fine; renaming is not.
 CODES: dict[str, type[DoSQLError]] = {
     "INTERNAL": InternalError,
@@ -141,6 +165,7 @@ CODES: dict[str, type[DoSQLError]] = {
     "UNIQUE_CONSTRAINT": ConflictError,
     "ALREADY_EXISTS": ConflictError,
     "TRANSACTION_CONFLICT": ConflictError,
+    "DEADLOCK": ConflictError,
     "QUERY_ERROR": QueryError,
     "SHARDING_COLUMN_MISSING": QueryError,
     "SYNTAX_ERROR": QueryError,
@@ -166,6 +191,8 @@ CODES: dict[str, type[DoSQLError]] = {
     "LAKE_BEHIND": CDCError,
     "SUBSCRIBER_TOO_SLOW": CDCError,
     "HISTORY_UNAVAILABLE": CDCError,
+    "TRANSACTION_ABORTED": TransactionAbortedError,
+    "COMMIT_OUTCOME_UNKNOWN": CommitOutcomeUnknownError,
 }
 
 _BY_NAME: dict[str, type[DoSQLError]] = {
@@ -184,6 +211,8 @@ _BY_NAME: dict[str, type[DoSQLError]] = {
         RPCError,
         TimeoutError_,
         CDCError,
+        TransactionAbortedError,
+        CommitOutcomeUnknownError,
     )
 }
 

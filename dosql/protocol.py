@@ -64,8 +64,72 @@ class Begin(Message, tag="begin"):
 
 
 class Commit(Message, tag="commit"):
+    """Commit the session transaction; ``gtid`` is the router's id for it (one-phase commit).
+
+    With a ``gtid`` the shard records it with the commit (``_dosql_tx`` and the
+    outcome table), so ``TxStatus`` can later say the transaction committed,
+    and refuses if the gtid was fenced (see ``TxStatus``).
+    """
+
     id: int
     trace_id: str | None = None
+    gtid: str | None = None
+
+
+# --------------------------------------------------------------------------- two-phase commit
+# dosql/shard/prepared.py holds the shard side, dosql/router/twophase.py the router side.
+
+
+class Prepare(Message, tag="prepare"):
+    """Phase 1: make the session transaction durable without committing it.
+
+    Ok(info={"read_only": True}) when the transaction changed nothing there (it
+    is then ended: the shard is no participant), else Ok(info={"last_commit_ts"}).
+    A prepared transaction outlives its session (and a shard restart) and keeps
+    the shard's write lock until ``CommitPrepared`` / ``AbortPrepared``.
+    ``candidates``: every shard the transaction touched, in decision order.
+    """
+
+    id: int
+    gtid: str
+    candidates: list[str]
+    trace_id: str | None = None
+
+
+class CommitPrepared(Message, tag="commit_prepared"):
+    """Phase 2: commit prepared ``gtid`` at ``commit_ts`` (idempotent: Ok if it had committed)."""
+
+    id: int
+    gtid: str
+    commit_ts: int
+    parts: list[str]
+    trace_id: str | None = None
+
+
+class AbortPrepared(Message, tag="abort_prepared"):
+    """Roll prepared ``gtid`` back and fence it (idempotent; an error if it had committed)."""
+
+    id: int
+    gtid: str
+    trace_id: str | None = None
+
+
+class TxStatus(Message, tag="tx_status"):
+    """What this shard knows of ``gtid``: Ok(info={"state": committed|prepared|aborted|unknown}).
+
+    ``fence=True`` makes an unknown gtid aborted here for good (a later Prepare
+    or one-phase Commit of it is refused), so the answer cannot change.
+    """
+
+    id: int
+    gtid: str
+    fence: bool = False
+
+
+class ListPrepared(Message, tag="list_prepared"):
+    """The shard's prepared transactions: Ok(info={"prepared": [{gtid, candidates, ...}]})."""
+
+    id: int
 
 
 class Rollback(Message, tag="rollback"):
@@ -166,7 +230,10 @@ class Change(msgspec.Struct, array_like=True, omit_defaults=False):
     ``key`` is the primary key values in key order (``[rowid]`` for tables
     without an explicit primary key). ``before``/``after`` are full row images
     keyed by column name (``None`` where not applicable). ``commit_ts`` is UTC
-    microseconds since the epoch.
+    microseconds since the epoch. ``gtid`` and ``parts`` are set on every change
+    of a transaction committed atomically across shards: its global transaction
+    id and the sorted ids of the shards it wrote to (the same on each of them,
+    as is ``commit_ts``); None for a transaction of one shard.
     """
 
     lsn: int
@@ -178,6 +245,8 @@ class Change(msgspec.Struct, array_like=True, omit_defaults=False):
     before: dict[str, Value] | None = None
     after: dict[str, Value] | None = None
     schema: TableSchema | None = None
+    gtid: str | None = None
+    parts: list[str] | None = None
 
 
 class Changes(Message, tag="changes"):
@@ -253,6 +322,20 @@ class ReleaseChanges(Message, tag="release_changes"):
     lsn: int
 
 
+class ReserveIds(Message, tag="reserve_ids"):
+    """Reserve ids ``[start, stop)`` of sequence ``name`` (admin scope; Ok(info={start, stop})).
+
+    ``count`` ids, none below ``floor``. Served from the shard's sequence
+    sidecar database (``<db>.seq``), never from the client-visible database, so
+    a reservation neither waits for nor disturbs any open transaction there.
+    """
+
+    id: int
+    name: str
+    count: int
+    floor: int = 1
+
+
 AnyMessage = (
     Execute
     | ExecuteMany
@@ -276,6 +359,12 @@ AnyMessage = (
     | MetaGet
     | MetaSet
     | ReleaseChanges
+    | ReserveIds
+    | Prepare
+    | CommitPrepared
+    | AbortPrepared
+    | TxStatus
+    | ListPrepared
 )
 
 _encoder = msgspec.msgpack.Encoder()

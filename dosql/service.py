@@ -75,8 +75,10 @@ class Service:
         status: StatusFn | None = None,
         deep_health: DeepHealthFn | None = None,
         ws_paths: tuple[str, ...] = ("/",),
+        routes: dict[str, StatusFn] | None = None,
     ) -> None:
         self.name = name
+        self.routes = dict(routes or {})  # extra GET paths answered with JSON
         self.tokens = tokens
         self.registry = registry or CollectorRegistry()
         self.status = status or (lambda: {})
@@ -133,6 +135,8 @@ class Service:
                 )
             if path == "/status":
                 return json_response(http.HTTPStatus.OK, {"service": self.name, **self.status()})
+            if path in self.routes:
+                return json_response(http.HTTPStatus.OK, self.routes[path]())
         except Exception as exc:  # an endpoint must never take the process down
             log.exception("http endpoint failed", extra={"path": path})
             return json_response(

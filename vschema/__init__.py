@@ -19,7 +19,15 @@ from vschema.builders import (
 )
 from vschema.keyrange import KEYSPACE_SIZE, KeyRange, even_split
 from vschema.loader import from_dict, load
-from vschema.model import DEFAULT_TABLE_POLICIES, TABLE_KINDS, Settings, Shard, Table, VSchema
+from vschema.model import (
+    DEFAULT_TABLE_POLICIES,
+    TABLE_KINDS,
+    AutoIncrement,
+    Settings,
+    Shard,
+    Table,
+    VSchema,
+)
 from vschema.report import routing_table
 from vschema.tomlw import dumps as toml_dumps
 from vschema.values import Affinity, affinity_of, apply_affinity, encode
@@ -37,6 +45,7 @@ __all__ = [
     "KEYSPACE_SIZE",
     "TABLE_KINDS",
     "Affinity",
+    "AutoIncrement",
     "ConsistentHashVindex",
     "HashVindex",
     "KeyRange",

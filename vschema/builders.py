@@ -26,7 +26,7 @@ from typing import Any
 
 from dosql.errors import ValidationError
 from vschema.keyrange import KeyRange
-from vschema.model import Settings, Shard, Table, VSchema
+from vschema.model import AutoIncrement, Settings, Shard, Table, VSchema
 from vschema.vindexes import (
     DEFAULT_VIRTUAL_NODES,
     VINDEX_TYPES,
@@ -64,8 +64,18 @@ def create_vschema(
     )
 
 
-def sharded_table(column: str, vindex: Vindex | str, column_type: str | None = None) -> Table:
-    """Rows spread over the shards by ``vindex`` applied to ``column``."""
+def sharded_table(
+    column: str,
+    vindex: Vindex | str,
+    column_type: str | None = None,
+    *,
+    auto_increment: AutoIncrement | None = None,
+) -> Table:
+    """Rows spread over the shards by ``vindex`` applied to ``column``.
+
+    ``auto_increment=AutoIncrement("id", "users_seq")``: the router assigns the
+    INTEGER PRIMARY KEY from that sequence (ids unique across shards).
+    """
     if isinstance(vindex, str):
         if vindex not in VINDEX_TYPES or vindex == "range":
             raise ValidationError(
@@ -74,7 +84,13 @@ def sharded_table(column: str, vindex: Vindex | str, column_type: str | None = N
                 code="INVALID_VSCHEMA",
             )
         vindex = VINDEX_TYPES[vindex]()
-    return Table("sharded", column=column, vindex=vindex, column_type=column_type)
+    return Table(
+        "sharded",
+        column=column,
+        vindex=vindex,
+        column_type=column_type,
+        auto_increment=auto_increment,
+    )
 
 
 def reference_table() -> Table:

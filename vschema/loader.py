@@ -34,6 +34,10 @@ File format::
     vindex = "tenant"                  # a vindex name, a type name ("hash") for an
                                        # anonymous vindex, or an inline {type = ..., ...}
     column_type = "INTEGER"            # declared type: decides how key values convert
+    auto_increment = { column = "id", sequence = "users_seq" }
+                                       # optional: the router fills in the INTEGER PRIMARY
+                                       # KEY id from sequence users_seq (unique across
+                                       # shards); without it id-less inserts are refused
     [tables.system_config]
     kind = "unsharded"
     shard = "shard-0"                  # defaults to default_shard
@@ -55,7 +59,15 @@ from typing import Any
 
 from dosql.errors import ConfigurationError, ValidationError
 from vschema.keyrange import KeyRange
-from vschema.model import DEFAULT_TABLE_POLICIES, TABLE_KINDS, Settings, Shard, Table, VSchema
+from vschema.model import (
+    DEFAULT_TABLE_POLICIES,
+    TABLE_KINDS,
+    AutoIncrement,
+    Settings,
+    Shard,
+    Table,
+    VSchema,
+)
 from vschema.vindexes import VINDEX_TYPES, ConsistentHashVindex, RangeVindex, Vindex
 
 TOP_LEVEL_KEYS = (
@@ -68,7 +80,8 @@ TOP_LEVEL_KEYS = (
     "tables",
 )
 SHARD_KEYS = ("id", "address", "metadata", "key_range")
-TABLE_KEYS = ("kind", "column", "vindex", "column_type", "shard")
+TABLE_KEYS = ("kind", "column", "vindex", "column_type", "shard", "auto_increment")
+AUTO_INCREMENT_KEYS = ("column", "sequence")
 VINDEX_PARAMS: dict[str, tuple[str, ...]] = {
     "hash": (),
     "consistent_hash": ("virtual_nodes",),
@@ -191,7 +204,15 @@ def _table(
     column = _optional_str(spec, "column", where)
     column_type = _optional_str(spec, "column_type", where)
     shard = _optional_str(spec, "shard", where)
+    auto_increment = _auto_increment(spec, name, where)
     if kind != "sharded":
+        if auto_increment is not None:
+            raise _invalid(
+                f"{where}: auto_increment is for sharded tables ({kind} tables keep SQLite's "
+                "own rowid counter); remove it",
+                table=name,
+                setting="auto_increment",
+            )
         if "column" in spec or "vindex" in spec:
             raise _invalid(
                 f"{where}: a {kind} table has no sharding column or vindex; remove them "
@@ -228,7 +249,32 @@ def _table(
         shard=shard,
         column_type=column_type,
         vindex_name=vindex_name,
+        auto_increment=auto_increment,
     )
+
+
+def _auto_increment(spec: Mapping[str, Any], name: str, where: str) -> AutoIncrement | None:
+    """``auto_increment = { column = "id", sequence = "users_seq" }`` (validated by the model)."""
+    if "auto_increment" not in spec:
+        return None
+    raw = spec["auto_increment"]
+    example = '{ column = "id", sequence = "' + name + '_seq" }'
+    if not isinstance(raw, Mapping):
+        raise _invalid(
+            f"{where}: auto_increment must be an inline table like {example}, not {raw!r}",
+            table=name,
+            setting="auto_increment",
+        )
+    where_ai = f"{where}: auto_increment"
+    _check_keys(raw, AUTO_INCREMENT_KEYS, where_ai)
+    for key in AUTO_INCREMENT_KEYS:
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise _invalid(
+                f"{where_ai}.{key} is required (a non-empty string), as in {example}",
+                table=name,
+                setting=f"auto_increment.{key}",
+            )
+    return AutoIncrement(raw["column"], raw["sequence"])
 
 
 def _settings(data: Mapping[str, Any], source: str) -> Settings:

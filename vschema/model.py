@@ -84,13 +84,31 @@ class Shard:
 
 
 @dataclass(frozen=True)
+class AutoIncrement:
+    """A sharded table's ``INTEGER PRIMARY KEY`` ``column`` takes ids from ``sequence``.
+
+    Vitess's ``auto_increment``: the router fills the column in on rows that
+    leave it NULL or out, with ids unique across all shards (each shard's own
+    rowid counter would hand out the same ids on every shard). Tables may
+    share a sequence.
+    """
+
+    column: str
+    sequence: str
+
+
+_SEQUENCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
 class Table:
     """How one table is placed.
 
     ``sharded``: rows spread by ``vindex`` over ``column`` (declared type
     ``column_type`` decides how key values convert); ``reference``: a full copy
     on every shard; ``unsharded``: everything on ``shard``. ``vindex_name`` is
-    set when the vindex is a named one from ``[vindexes]``.
+    set when the vindex is a named one from ``[vindexes]``. ``auto_increment``
+    (sharded tables only) names the sequence of its INTEGER PRIMARY KEY.
     """
 
     kind: str
@@ -100,6 +118,7 @@ class Table:
     column_type: str | None = None
     name: str = ""
     vindex_name: str | None = None
+    auto_increment: AutoIncrement | None = None
 
 
 class VSchema:
@@ -220,6 +239,7 @@ class VSchema:
                 )
         if table.column_type is not None and not isinstance(table.column_type, str):
             raise _invalid(f"{where}: column_type must be a string", table=name)
+        _check_auto_increment(table, where, name)
         return replace(table, name=name)
 
     # -- properties ---------------------------------------------------------
@@ -492,6 +512,38 @@ def _hashed_router(
     return route
 
 
+def _check_auto_increment(table: Table, where: str, name: str) -> None:
+    ai = table.auto_increment
+    if ai is None:
+        return
+    if not isinstance(ai, AutoIncrement):
+        raise _invalid(
+            f'{where}: auto_increment must be {{ column = "id", sequence = "<name>" }}, not {ai!r}',
+            table=name,
+            setting="auto_increment",
+        )
+    if table.kind != "sharded":
+        raise _invalid(
+            f"{where}: auto_increment is for sharded tables ({table.kind} tables keep SQLite's "
+            "own rowid counter); remove it",
+            table=name,
+            setting="auto_increment",
+        )
+    if not isinstance(ai.column, str) or not ai.column:
+        raise _invalid(
+            f'{where}: auto_increment.column must name the INTEGER PRIMARY KEY column, e.g. "id"',
+            table=name,
+            setting="auto_increment.column",
+        )
+    if not isinstance(ai.sequence, str) or not _SEQUENCE_NAME.fullmatch(ai.sequence):
+        raise _invalid(
+            f"{where}: auto_increment.sequence {ai.sequence!r} must be a name of letters, "
+            "digits, '_', '.' and '-' that does not start with a digit, e.g. \"users_seq\"",
+            table=name,
+            setting="auto_increment.sequence",
+        )
+
+
 def _table_dict(table: Table) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": table.kind}
     if table.kind == "sharded":
@@ -507,6 +559,11 @@ def _table_dict(table: Table) -> dict[str, Any]:
         out["shard"] = table.shard
     if table.column_type is not None:
         out["column_type"] = table.column_type
+    if table.auto_increment is not None:
+        out["auto_increment"] = {
+            "column": table.auto_increment.column,
+            "sequence": table.auto_increment.sequence,
+        }
     return out
 
 

@@ -48,6 +48,9 @@ class Limits:
     heartbeat_s: float = 5.0  # heartbeat period (DOLAKE_SUBSCRIBE_HEARTBEAT_S)
     poll_s: float = 0.1  # shard log poll period when caught up (DOLAKE_SUBSCRIBE_POLL_S)
     hello_timeout_s: float = 30.0  # wait for the subscribe message
+    # a distributed transaction's part waits this long for its sibling parts on other
+    # shards, then is delivered without them (DOLAKE_SUBSCRIBE_DTX_WAIT_S)
+    dtx_wait_s: float = 5.0
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -58,6 +61,7 @@ class Limits:
             grace_s=max(0.0, _env_float("DOLAKE_SUBSCRIBE_LAG_GRACE_S", cls.grace_s)),
             heartbeat_s=max(0.05, _env_float("DOLAKE_SUBSCRIBE_HEARTBEAT_S", cls.heartbeat_s)),
             poll_s=max(0.005, _env_float("DOLAKE_SUBSCRIBE_POLL_S", cls.poll_s)),
+            dtx_wait_s=max(0.0, _env_float("DOLAKE_SUBSCRIBE_DTX_WAIT_S", cls.dtx_wait_s)),
         )
 
 

@@ -4,7 +4,7 @@ Row change::
 
     {"before": {...} | null, "after": {...} | null, "op": "c" | "u" | "d" | "r",
      "ts_ms": <now>, "key": [...],
-     "source": {"shard", "table", "lsn", "txid", "commit_ts_ms", "snapshot": bool},
+     "source": {"shard", "table", "lsn", "txid", "commit_ts_ms", "gtid", "snapshot": bool},
      "position": "<resume here to get what follows>"}
 
 Values are the SQLite values as JSON: NULL -> null, integers, reals, text;
@@ -79,6 +79,7 @@ def row_event(
             "lsn": ch.lsn,
             "txid": ch.txid,
             "commit_ts_ms": ch.commit_ts // 1000,
+            "gtid": ch.gtid,
             "snapshot": snapshot,
         },
         "position": pos,
@@ -98,6 +99,7 @@ def schema_event(
     lsn: int | None = None,
     txid: int | None = None,
     commit_ts: int | None = None,
+    gtid: str | None = None,
 ) -> dict[str, Any]:
     return {
         "type": "schema",
@@ -117,18 +119,35 @@ def schema_event(
             "lsn": lsn,
             "txid": txid,
             "commit_ts_ms": commit_ts // 1000 if commit_ts is not None else None,
+            "gtid": gtid,
         },
         "position": pos,
     }
 
 
-def commit_event(shard: str, txid: int, commit_ts: int, events: int, pos: str) -> dict[str, Any]:
+def commit_event(
+    shard: str,
+    txid: int,
+    commit_ts: int,
+    events: int,
+    pos: str,
+    *,
+    gtid: str | None = None,
+    parts: list[str] | None = None,
+    final: bool = True,
+) -> dict[str, Any]:
+    """The end of one shard's part of a transaction. A distributed transaction's
+    markers (one per shard that delivered events, all after every event of the
+    transaction) carry its ``gtid`` and ``parts``; ``final`` is true on the last."""
     return {
         "type": "commit",
         "shard": shard,
         "txid": txid,
         "commit_ts_ms": commit_ts // 1000,
         "events": events,
+        "gtid": gtid,
+        "parts": parts,
+        "final": final,
         "position": pos,
     }
 

@@ -125,7 +125,13 @@ def _read_table(table: Any, name: str, shard: str, after: int, upto: int) -> lis
     for row in data.to_pylist():
         overflow = json.loads(row[OVERFLOW]) if has_overflow and row.get(OVERFLOW) else {}
         op, lsn = row["_op"], int(row["_lsn"])
-        common = dict(lsn=lsn, txid=int(row["_txid"]), commit_ts=_micros(row["_commit_ts"]))
+        common = dict(
+            lsn=lsn,
+            txid=int(row["_txid"]),
+            commit_ts=_micros(row["_commit_ts"]),
+            gtid=row.get("_gtid"),
+            parts=row["_parts"].split(",") if row.get("_parts") else None,
+        )
         if op == "schema":
             if lsn > after:
                 action = overflow.get(SCHEMA_ACTION_KEY, "alter")

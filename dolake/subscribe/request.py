@@ -34,6 +34,8 @@ class Start:
     kind: str  # "latest" | "earliest" | "timestamp" | "position"
     micros: int | None = None  # timestamp: UTC microseconds
     vector: dict[str, int] = field(default_factory=dict)  # position
+    # position inside a distributed transaction: LSNs above ``vector`` already delivered
+    extra: dict[str, set[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def _start(raw: Any) -> Start:
     if isinstance(raw, dict) and set(raw) == {"timestamp"}:
         return Start("timestamp", micros=parse_timestamp(raw["timestamp"]))
     if isinstance(raw, dict) and set(raw) == {"position"}:
-        return Start("position", vector=position.decode(raw["position"]))
+        vector, extra = position.decode_full(raw["position"])
+        return Start("position", vector=vector, extra=extra)
     raise invalid(
         '"start" must be "latest", "earliest", {"timestamp": "<ISO 8601>"} or '
         '{"position": "<position string from an event>"}'

@@ -22,6 +22,13 @@ every event is the per-shard vector at that point, so resuming from it
 yields exactly what follows. A transaction's changes are contiguous in its
 shard's LSN order, so its commit marker is queued as soon as the next change
 has another txid, or the follower has read to the end of the log.
+
+Distributed transactions (see :mod:`dolake.subscribe.dtx`): a follower that
+reaches its shard's part of one collects the whole part and waits for the
+sibling parts; the parts are queued together, under ``order_lock`` (which
+every queuing of an event takes, so nothing from another shard comes in
+between), in an order a per-key consumer can follow, with positions that name
+the LSNs delivered out of LSN order.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import Any
 import trio
 from websockets.exceptions import ConnectionClosed
 
-from dolake.subscribe import events, history, position, request
+from dolake.subscribe import dtx, events, history, position, request
 from dolake.subscribe.context import SubscribeContext
 from dolake.subscribe.request import Subscription
 from dolake.subscribe.shardlink import ShardLink
@@ -58,6 +65,10 @@ _FIRST_AT = (
     "WHERE t.commit_ts >= ?"
 )
 _SEQ = "SELECT seq FROM sqlite_sequence WHERE name = '_dosql_changes'"
+_AT_LSN = (
+    "SELECT t.commit_ts, t.gtid FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid "
+    "WHERE c.lsn = ?"
+)
 
 
 async def handle_subscriber(ws: Any, *, ctx: SubscribeContext) -> None:
@@ -76,7 +87,17 @@ class Session:
         self.limits = ctx.limits
         self.links: dict[str, ShardLink] = {}
         self.vector: dict[str, int] = {}  # what has been queued (or skipped) per shard
+        # LSNs above ``vector`` queued already (inside a distributed transaction only)
+        self.extra: dict[str, set[int]] = {}
         self.sent: dict[str, int] = {}  # what the sender has written per shard
+        self.sent_extra: dict[str, set[int]] = {}
+        self.order_lock = trio.Lock()  # held while queuing events (see the module docstring)
+        self.gathers: dict[str, dtx.Gather] = {}  # gtid -> parts of it read so far
+        self.released: dict[str, None] = {}  # gtids delivered without all their parts
+        # per shard: (commit_ts, gtid) of the last change its follower has reached
+        self.last_seen: dict[str, tuple[int, str | None]] = {}
+        self.at_end: dict[str, bool] = {}  # per shard: its follower has read to the log's end
+        self.waiting: dict[str, str] = {}  # per shard: the gtid its follower waits in
         self.send_ch, self.recv_ch = trio.open_memory_channel[Any](self.limits.queue_size)
         self.pending: dict[str, list[int]] = {}  # shard -> [txid, commit_ts, events]
         self.schema_seen: set[str] = set()
@@ -109,7 +130,10 @@ class Session:
                 await self.check_tables(sub)
                 if not sub.snapshot:
                     self.vector = await self.resolve_start(sub)
+                    if sub.start.kind == "position":
+                        self.extra = {s: set(v) for s, v in sub.start.extra.items() if v}
                 self.sent = dict(self.vector)
+                self.sent_extra = _copy_extra(self.extra)
                 await self.stream(sub)
         except ConnectionClosed:
             return
@@ -165,11 +189,11 @@ class Session:
             while True:
                 item = await self.recv_ch.receive()
                 if item is not None and self.fatal is None:
-                    text, vector = item
+                    text, vector, extra = item
                     self.sending = True
                     await self.ws.send(text)
                     self.sending = False
-                    self.sent = vector
+                    self.sent, self.sent_extra = vector, extra
                 if self.fatal is not None:
                     await self.send_error(self.fatal)
                     return
@@ -191,7 +215,7 @@ class Session:
         close = CLOSE_POLICY
         if exc.code in ("SHARD_UNAVAILABLE", "INTERNAL", "HISTORY_UNAVAILABLE"):
             close = CLOSE_ERROR
-        pos = position.encode(self.sent) if self.sent else None
+        pos = position.encode(self.sent, self.sent_extra) if self.sent else None
         event = events.error_event(exc.code, exc.message, pos)
         with trio.move_on_after(ERROR_SEND_TIMEOUT_S):
             try:
@@ -201,10 +225,37 @@ class Session:
                 pass
 
     async def put(self, event: dict[str, Any]) -> None:
-        await self.send_ch.send((events.dumps(event), dict(self.vector)))
+        await self.send_ch.send((events.dumps(event), dict(self.vector), _copy_extra(self.extra)))
 
     def pos(self) -> str:
-        return position.encode(self.vector)
+        return position.encode(self.vector, self.extra)
+
+    def mark(self, sid: str, lsn: int) -> None:
+        """``lsn`` of ``sid`` is queued (or has nothing to queue): move the position."""
+        at = self.vector.get(sid, 0)
+        if lsn <= at:
+            return
+        extra = self.extra.get(sid)
+        if lsn != at + 1:
+            self.extra.setdefault(sid, set()).add(lsn)
+            return
+        at = lsn
+        while extra and at + 1 in extra:
+            at += 1
+            extra.discard(at)
+        self.vector[sid] = at
+        if extra is not None and not extra:
+            del self.extra[sid]
+
+    def advance(self, sid: str, lsn: int) -> None:
+        """Everything of ``sid`` through ``lsn`` is queued or has nothing to queue."""
+        if lsn > self.vector.get(sid, 0):
+            self.vector[sid] = lsn
+            extra = {v for v in self.extra.pop(sid, set()) if v > lsn}
+            if extra:
+                self.extra[sid] = extra
+            while self.vector[sid] + 1 in self.extra.get(sid, ()):
+                self.mark(sid, self.vector[sid] + 1)
 
     # ------------------------------------------------------------------ setup
 
@@ -273,30 +324,163 @@ class Session:
         if sub.snapshot:
             await self.snapshot(sub)
             self.sent = dict(self.vector)
+        await self.init_last_seen()
         self.live = True
         async with trio.open_nursery() as nursery:
             for sid in self.links:
                 nursery.start_soon(self.guarded, self.follow, sid, sub)
 
+    async def init_last_seen(self) -> None:
+        """Where each follower starts, as (commit_ts, gtid): a distributed transaction
+        whose part on a shard lies before that shard's start is not waited for."""
+        for sid, link in self.links.items():
+            lsn = self.vector.get(sid, 0)
+            if lsn <= 0:
+                continue
+            try:
+                rows = await link.query(_AT_LSN, [lsn])
+            except DoSQLError:
+                continue
+            if rows:
+                self.last_seen[sid] = (int(rows[0][0]), rows[0][1])
+
     async def follow(self, sid: str, sub: Subscription) -> None:
         link = self.links[sid]
         batch = self.limits.read_batch
         pos = self.vector[sid]
+        part: list[protocol.Change] = []  # this shard's part of a distributed transaction
         while True:
             reply = await link.read_changes(pos + 1, batch)
             got = reply.changes
             if got and got[0].lsn == pos + 1:
-                for ch in got:
-                    await self.on_change(sid, ch, sub)
+                self.at_end[sid] = len(got) < batch
+                part = await self.feed(sid, got, sub, part)
                 pos = got[-1].lsn
-                if len(got) < batch:
-                    await self.end_tx(sid)  # the read saw the end of the log
+                if len(got) < batch:  # the read saw the end of the log: a transaction boundary
+                    part = await self.end_part(sid, part, sub)
+                    await self.end_tx(sid)
                 continue
+            if not got and reply.oldest_lsn <= pos + 1:
+                self.at_end[sid] = True
+            part = await self.end_part(sid, part, sub)
             if not got and reply.oldest_lsn <= pos + 1:
                 await self.end_tx(sid)
                 await trio.sleep(self.limits.poll_s)
                 continue
+            self.at_end[sid] = False
             pos = await self.replay(sid, pos, reply.oldest_lsn, sub)
+
+    async def feed(
+        self, sid: str, changes: list[protocol.Change], sub: Subscription, part: list
+    ) -> list[protocol.Change]:
+        """Queue local changes; collect a distributed transaction's part (returned while
+        it may continue in the next read) and hand it on once it is whole."""
+        for ch in changes:
+            if part and ch.txid != part[0].txid:
+                part = await self.end_part(sid, part, sub)
+            if dtx.participants(ch, self.links) is not None:
+                part.append(ch)
+                continue
+            await self.on_change(sid, ch, sub)
+        return part
+
+    async def end_part(
+        self, sid: str, part: list[protocol.Change], sub: Subscription
+    ) -> list[protocol.Change]:
+        if part:
+            await self.join(sid, part, sub)
+        return []
+
+    async def join(self, sid: str, part: list[protocol.Change], sub: Subscription) -> None:
+        """Gather ``sid``'s part of a distributed transaction with its siblings and
+        queue them together (whichever follower completes the gathering queues all);
+        return once the transaction is queued."""
+        first = part[0]
+        gtid = first.gtid
+        assert gtid is not None
+        await self.end_tx(sid)
+        self.last_seen[sid] = (first.commit_ts, gtid)
+        g = self.gathers.get(gtid)
+        if gtid in self.released or (g is not None and g.ready.is_set()):
+            if g is not None:
+                await g.done.wait()  # the siblings went without this part: it goes alone
+            await self.emit(dtx.Gather(gtid, (sid,), first.commit_ts, {sid: part}), sub)
+            self.check_ready()
+            return
+        if g is None:
+            parts = dtx.participants(first, self.links) or (sid,)
+            g = self.gathers[gtid] = dtx.Gather(gtid, parts, first.commit_ts)
+        g.got[sid] = part
+        self.check_ready()
+        self.waiting[sid] = gtid
+        try:
+            await self.wait_siblings(g)
+        finally:
+            self.waiting.pop(sid, None)
+        if g.emitting:
+            await g.done.wait()
+            return
+        g.emitting = True
+        try:
+            await self.emit(g, sub)
+        finally:
+            g.done.set()
+            self.gathers.pop(gtid, None)
+        self.check_ready()
+
+    async def wait_siblings(self, g: dtx.Gather) -> None:
+        """Until the gathering is complete -- or, after ``dtx_wait_s``, until every
+        missing participant's follower is stalled (at the end of its log, or waiting
+        in another transaction): then release what is here (see dolake/subscribe/dtx.py).
+        A participant still catching up behind the transaction is waited for."""
+        while not g.ready.is_set():
+            with trio.move_on_after(self.limits.dtx_wait_s):
+                await g.ready.wait()
+            if g.ready.is_set():
+                return
+            missing = sorted(set(g.parts) - set(g.got))
+            stalled = [
+                p
+                for p in missing
+                if self.at_end.get(p, False) or self.waiting.get(p) not in (None, g.gtid)
+            ]
+            if stalled != missing:
+                continue
+            log.warning(
+                "distributed transaction delivered without all its parts",
+                extra={"gtid": g.gtid, "missing": missing, "waited_s": self.limits.dtx_wait_s},
+            )
+            self.released[g.gtid] = None
+            while len(self.released) > 10_000:
+                del self.released[next(iter(self.released))]
+            g.ready.set()
+
+    def check_ready(self) -> None:
+        for g in self.gathers.values():
+            if not g.ready.is_set() and g.complete(self.last_seen):
+                g.ready.set()
+
+    async def emit(self, g: dtx.Gather, sub: Subscription) -> None:
+        """Queue a gathered transaction's events in delivery order, then one commit
+        marker per shard that delivered events (the last one ``final``)."""
+        async with self.order_lock:
+            counts: dict[str, int] = {}
+            for sid, ch in dtx.delivery_order(g.got):
+                if await self._deliver(sid, ch, sub):
+                    counts[sid] = counts.get(sid, 0) + 1
+            shards = [s for s in sorted(g.got) if counts.get(s)]
+            for i, sid in enumerate(shards):
+                event = events.commit_event(
+                    sid,
+                    g.got[sid][0].txid,
+                    g.commit_ts,
+                    counts[sid],
+                    self.pos(),
+                    gtid=g.gtid,
+                    parts=list(g.got[sid][0].parts or g.parts),
+                    final=i == len(shards) - 1,
+                )
+                await self.put(event)
 
     async def replay(self, sid: str, pos: int, oldest: int, sub: Subscription) -> int:
         """Serve ``pos + 1 ..`` from the lake: the shard no longer retains it."""
@@ -330,24 +514,39 @@ class Session:
             )
         )
         log.info("replayed from the lake", extra={"shard": sid, "after": pos, "upto": upto})
-        for ch in changes:
-            await self.on_change(sid, ch, sub)
-        self.vector[sid] = max(self.vector[sid], upto)
+        part = await self.feed(sid, changes, sub, [])
+        await self.end_part(sid, part, sub)  # the lake's watermark is a transaction boundary
+        async with self.order_lock:
+            await self._end_tx_locked(sid)
+            self.advance(sid, upto)
         return upto
 
     async def on_change(self, sid: str, ch: protocol.Change, sub: Subscription) -> None:
-        """Queue the events of one change. ``vector[sid]`` moves to ``ch.lsn`` only right
-        before the change's own event is queued (no await in between), so no event queued
-        meanwhile by another shard's follower carries a position that skips this change."""
-        pending = self.pending.get(sid)
-        if pending is not None and pending[0] != ch.txid:
-            await self.end_tx(sid)
+        """Queue the events of one change of a local transaction."""
+        async with self.order_lock:
+            pending = self.pending.get(sid)
+            if pending is not None and pending[0] != ch.txid:
+                await self._end_tx_locked(sid)
+            delivered = await self._deliver(sid, ch, sub)
+            if delivered:
+                if pending is None or pending[0] != ch.txid:
+                    self.pending[sid] = [ch.txid, ch.commit_ts, 0, ch.gtid]
+                self.pending[sid][2] += 1
+        self.last_seen[sid] = (ch.commit_ts, ch.gtid)
+        if self.gathers:
+            self.check_ready()
+
+    async def _deliver(self, sid: str, ch: protocol.Change, sub: Subscription) -> bool:
+        """Queue the event of one change (under ``order_lock``); False if it has none.
+        The position moves to the change right before its own event is queued."""
+        if ch.lsn <= self.vector.get(sid, 0) or ch.lsn in self.extra.get(sid, ()):
+            return False  # delivered before the position this subscriber resumed from
         name = ch.table.lower()
         owner = self.ctx.reference_tables.get(name)
         wanted = sub.wants_table(name) and (owner is None or owner == sid)
         if wanted and ch.op == "schema" and ch.schema is not None:
             self.schema_seen.add(name)
-            self.vector[sid] = ch.lsn
+            self.mark(sid, ch.lsn)
             await self.put(
                 events.schema_event(
                     sid,
@@ -357,25 +556,29 @@ class Session:
                     lsn=ch.lsn,
                     txid=ch.txid,
                     commit_ts=ch.commit_ts,
+                    gtid=ch.gtid,
                 )
             )
-        elif wanted and ch.op in sub.ops and sub.wants_key(ch.key):
+            return True
+        if wanted and ch.op in sub.ops and sub.wants_key(ch.key):
             if name not in self.schema_seen:
                 await self.first_schema(sid, ch)
-            self.vector[sid] = ch.lsn
+            self.mark(sid, ch.lsn)
             await self.put(events.row_event(sid, ch, events.OP_LETTER[ch.op], self.pos()))
-        else:
-            self.vector[sid] = ch.lsn  # nothing to deliver
-            return
-        if pending is None or pending[0] != ch.txid:
-            self.pending[sid] = [ch.txid, ch.commit_ts, 0]
-        self.pending[sid][2] += 1
+            return True
+        self.mark(sid, ch.lsn)  # nothing to deliver
+        return False
 
     async def end_tx(self, sid: str) -> None:
+        if sid in self.pending:
+            async with self.order_lock:
+                await self._end_tx_locked(sid)
+
+    async def _end_tx_locked(self, sid: str) -> None:
         pending = self.pending.pop(sid, None)
         if pending is not None:
-            txid, commit_ts, count = pending
-            await self.put(events.commit_event(sid, txid, commit_ts, count, self.pos()))
+            txid, commit_ts, count, gtid = pending
+            await self.put(events.commit_event(sid, txid, commit_ts, count, self.pos(), gtid=gtid))
 
     async def first_schema(self, sid: str, ch: protocol.Change) -> None:
         """A table's columns before its first row event (from the shard's current definition)."""
@@ -475,7 +678,12 @@ class Session:
         while True:
             await trio.sleep(self.limits.heartbeat_s)
             if self.live:
-                await self.put(events.heartbeat_event(self.pos()))
+                async with self.order_lock:
+                    await self.put(events.heartbeat_event(self.pos()))
+
+
+def _copy_extra(extra: dict[str, set[int]]) -> dict[str, set[int]]:
+    return {s: set(v) for s, v in extra.items()} if extra else {}
 
 
 async def _lake(fn: Any, *args: Any) -> Any:

@@ -12,6 +12,13 @@ Driver-side error codes (beyond :data:`dosql.errors.CODES`):
 ``CONNECTION_CLOSED`` and ``CURSOR_CLOSED`` (InterfaceError: a closed object
 was used), ``NO_RESULT_SET`` (ProgrammingError: fetch without a result set),
 ``INVALID_INPUT`` for wrong argument kinds.
+
+Transaction failures (both ``OperationalError`` subclasses):
+:class:`TransactionAbortedError` (``TRANSACTION_ABORTED``: the transaction was
+rolled back by an earlier error; every statement and ``commit()`` raise it
+until ``rollback()``) and :class:`CommitOutcomeUnknownError`
+(``COMMIT_OUTCOME_UNKNOWN``: the commit's outcome is unknown; ``exc.gtid`` and
+``Connection.transaction_outcome(gtid)`` find it out).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 from dosql.driver.connection import Connection, connect
 from dosql.driver.cursor import Cursor
 from dosql.driver.exceptions import (
+    CommitOutcomeUnknownError,
     DatabaseError,
     DataError,
     Error,
@@ -28,6 +36,7 @@ from dosql.driver.exceptions import (
     NotSupportedError,
     OperationalError,
     ProgrammingError,
+    TransactionAbortedError,
     Warning,
 )
 from dosql.driver.types import (
@@ -56,6 +65,7 @@ __all__ = [
     "ROWID",
     "STRING",
     "Binary",
+    "CommitOutcomeUnknownError",
     "Connection",
     "Cursor",
     "DataError",
@@ -73,6 +83,7 @@ __all__ = [
     "TimeFromTicks",
     "Timestamp",
     "TimestampFromTicks",
+    "TransactionAbortedError",
     "Warning",
     "apilevel",
     "connect",

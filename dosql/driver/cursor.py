@@ -90,7 +90,15 @@ class Cursor:
         params = bind(parameters)
         self._reset()
         statement_kind = kind(sql)
-        self.connection._before(statement_kind)  # noqa: SLF001
+        conn = self.connection
+        if statement_kind == "rollback" and conn.transaction_state in (
+            "aborted",
+            "outcome_unknown",
+        ):
+            conn.rollback()  # ends it even when the socket that held it is gone
+            return self
+        conn._before(statement_kind)  # noqa: SLF001
+        transport = conn._live()  # noqa: SLF001 - _before may have had to reconnect
         message = P.Execute(
             id=transport.next_id(),
             sql=sql,
@@ -98,8 +106,12 @@ class Cursor:
             timeout_ms=_ms(transport.timeout),
             trace_id=new_trace_id(),
         )
-        stream = transport.execute(message)
-        self.connection._after(statement_kind)  # noqa: SLF001
+        try:
+            stream = transport.execute(message)
+        except X.Error as exc:
+            conn._failed(exc)  # noqa: SLF001 - the server's transaction state, mirrored
+            raise
+        conn._after(statement_kind)  # noqa: SLF001
         self._start(stream)
         return self
 
@@ -136,7 +148,11 @@ class Cursor:
                 timeout_ms=_ms(transport.timeout),
                 trace_id=new_trace_id(),
             )
-            stream = transport.execute(message)
+            try:
+                stream = transport.execute(message)
+            except X.Error as exc:
+                self.connection._failed(exc)  # noqa: SLF001
+                raise
             total += max(stream.rowcount, 0)
             if stream.lastrowid is not None:
                 self._lastrowid = stream.lastrowid

@@ -15,7 +15,10 @@ dosql error (code or class)                     PEP 249 class
 ``NotSupportedError`` (``NOT_SUPPORTED``)        ``NotSupportedError``
 ``SHARDING_KEY_NULL``                           ``IntegrityError`` (like NOT NULL)
 ``VALUE_OUT_OF_RANGE``                          ``DataError``
+``TRANSACTION_ABORTED``                         ``TransactionAbortedError``
+``COMMIT_OUTCOME_UNKNOWN``                      ``CommitOutcomeUnknownError``
 ``TRANSACTION_CONFLICT``                        ``OperationalError`` (retry it)
+``DEADLOCK``                                    ``OperationalError`` (retry it)
 ``ConflictError`` (constraints)                 ``IntegrityError``
 ``QueryError``, ``NotFoundError``,
 ``ValidationError``                             ``ProgrammingError``
@@ -86,6 +89,30 @@ class OperationalError(DatabaseError):
     """The database is unreachable, timed out, refused the login, or is busy."""
 
 
+class TransactionAbortedError(OperationalError):
+    """The transaction was rolled back by an earlier error; ``rollback()``, then retry it.
+
+    Raised by every statement and by ``commit()`` until ``rollback()``: nothing of
+    the transaction is kept, so nothing may pretend to continue or commit it.
+    """
+
+
+class CommitOutcomeUnknownError(OperationalError):
+    """``commit()`` could not learn whether the transaction committed.
+
+    A participant was lost in the middle of its commit, or the reply to the
+    commit never arrived. :attr:`gtid` names the transaction;
+    ``Connection.transaction_outcome(gtid)`` answers ``committed``, ``aborted``
+    or ``in_doubt``. Raised again by every statement and ``commit()`` until
+    ``rollback()``.
+    """
+
+    @property
+    def gtid(self) -> str | None:
+        value = self.details.get("gtid")
+        return value if isinstance(value, str) else None
+
+
 class IntegrityError(DatabaseError):
     """A constraint (UNIQUE, PRIMARY KEY, NOT NULL, CHECK, FOREIGN KEY) was violated."""
 
@@ -113,13 +140,18 @@ ALL = (
     InternalError,
     ProgrammingError,
     NotSupportedError,
+    TransactionAbortedError,
+    CommitOutcomeUnknownError,
 )
 
 _BY_CODE: dict[str, type[Error]] = {
     "NOT_SUPPORTED": NotSupportedError,
+    "TRANSACTION_ABORTED": TransactionAbortedError,
+    "COMMIT_OUTCOME_UNKNOWN": CommitOutcomeUnknownError,
     "SHARDING_KEY_NULL": IntegrityError,
     "VALUE_OUT_OF_RANGE": DataError,
     "TRANSACTION_CONFLICT": OperationalError,
+    "DEADLOCK": OperationalError,
     "AUTHENTICATION_REQUIRED": OperationalError,
 }
 
@@ -133,6 +165,7 @@ _BY_CATEGORY: dict[str, type[Error]] = {
     E.Category.STORAGE: OperationalError,
     E.Category.CDC: OperationalError,
     E.Category.CONFIGURATION: OperationalError,
+    E.Category.TRANSACTION: OperationalError,
 }
 
 

@@ -257,7 +257,7 @@ async def run(ex: Executor, p: Plan, params: Any, session: ClientSession) -> Sha
         results: list[ShardResult] = []
         phase1 = [s for s in order if s in updates or s in deletes]
         if phase1:
-            results += await ex.parallel(phase1, first, tx)
+            results += await ex.parallel(phase1, first, tx, write=True)
 
         async def second(sid: str, c: Any) -> ShardResult:
             out = ShardResult()
@@ -266,7 +266,7 @@ async def run(ex: Executor, p: Plan, params: Any, session: ClientSession) -> Sha
 
         phase2 = [s for s in order if s in inserts]
         if phase2:
-            results += await ex.parallel(phase2, second, tx)
+            results += await ex.parallel(phase2, second, tx, write=True)
         out = ShardResult(columns=[], rowcount=count)
         for r in results:
             if r.columns:

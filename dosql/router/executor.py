@@ -15,6 +15,7 @@ pinning a text value is only sound under the BINARY collation.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -26,14 +27,16 @@ import trio
 import vschema
 from dosql import protocol
 from dosql.errors import DoSQLError, NotFoundError, NotSupportedError, QueryError, ValidationError
-from dosql.router import dml, explain, gather, groupby, merge, metadata
+from dosql.router import dml, explain, gather, groupby, merge, metadata, sequences
 from dosql.router.batch import InsertRouter
 from dosql.router.gather import ROWID_NAMES
 from dosql.router.metrics import RouterMetrics
 from dosql.router.plan import Pin, Plan, RangeCond, Value
+from dosql.router.planner import Statement
 from dosql.router.planner import plan as make_plan
 from dosql.router.pool import ShardConnection, ShardPool, ShardResult
-from dosql.router.transactions import ClientSession, Transaction
+from dosql.router.session import TxState
+from dosql.router.transactions import ClientSession, Transaction, tx_aborted_by_shard
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,17 @@ def _collation_from_probe(nocase_count: Any, rtrim_count: Any) -> str | None:
 
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _undecodable(exc: DoSQLError) -> bool:
+    """A shard could not return a row: it holds TEXT that is not valid UTF-8.
+
+    Rows travel as Python text, so such a row cannot leave its shard. SQLite
+    (and Python's sqlite3 on one database) only fails when that row is part of
+    the answer; a merge that reads more rows than it returns must then answer
+    router-side instead, where only the answer's rows are read out.
+    """
+    return "Could not decode to UTF-8" in exc.message
 
 
 @dataclass
@@ -116,9 +130,9 @@ class Executor:
         self.null_shards: dict[str, str] = {}  # table -> shard that holds NULL-key rows
         self.sequences: set[str] = set()  # tables whose keys the router assigns
         self.views: dict[str, str] = {}  # views created through the router: name -> DDL
-        self.seq_blocks: dict[str, list[int]] = {}  # table -> [next id, end of block)
-        self.seq_lock = trio.Lock()
-        self.seq_block = 1000
+        self.seq_ids = sequences.IdBlocks()  # this router's reserved id blocks
+        self.seq_block = 1000  # ids reserved at a time (router.sequence_block)
+        self.atomic_commit = True  # two-phase commit across shards (router.atomic_commit)
 
     # ------------------------------------------------------------------ VSchema state
 
@@ -235,10 +249,17 @@ class Executor:
         tx: Transaction | None,
         *,
         retry: bool = False,
+        write: bool = False,
     ) -> ShardResult:
-        async with self.limiter:
-            if tx is not None:
-                return await fn(await tx.conn(sid))
+        # Waits for a shard's write lock never hold a slot of the router-wide limiter:
+        # a transaction holding that lock may need a slot for its next statement, and
+        # slots held by its queued waiters would deadlock it until the lock timeout.
+        # So a transaction's Begin (which may queue) runs before the limiter, and
+        # writes (which may queue) skip it; reads never wait for a lock (WAL).
+        conn = await tx.conn(sid, write=write) if tx is not None else None
+        async with contextlib.nullcontext() if write else self.limiter:
+            if conn is not None:  # write: the session there began IMMEDIATE
+                return await fn(conn)
             try:
                 return await self.pools[sid].run(fn)
             except DoSQLError as exc:
@@ -253,16 +274,24 @@ class Executor:
         tx: Transaction | None,
         *,
         retry: bool = False,
+        write: bool = False,
     ) -> list[ShardResult]:
         if len(shard_ids) == 1:
             sid = shard_ids[0]
-            return [await self.on_shard(sid, lambda c: fn(sid, c), tx, retry=retry)]
+            return [await self.on_shard(sid, lambda c: fn(sid, c), tx, retry=retry, write=write)]
+        if tx is not None and (write or tx.mode == "immediate"):
+            # Take the shards' write locks one at a time in VSchema order: two
+            # statements that lock several shards then never deadlock each other.
+            for sid in sorted(shard_ids, key=self.order.index):
+                await tx.conn(sid, write=write)
         results: dict[str, ShardResult] = {}
         errors: dict[str, DoSQLError] = {}
 
         async def one(sid: str) -> None:
             try:
-                results[sid] = await self.on_shard(sid, lambda c: fn(sid, c), tx, retry=retry)
+                results[sid] = await self.on_shard(
+                    sid, lambda c: fn(sid, c), tx, retry=retry, write=write
+                )
             except DoSQLError as exc:
                 errors[sid] = exc
 
@@ -409,12 +438,24 @@ class Executor:
         if len(targets) > 1 and p.group is not None:
             try:
                 return await self.run_group(p, targets, params, session)
-            except (NotSupportedError, QueryError):
+            except (NotSupportedError, QueryError) as exc:
                 if p.gather is None:
                     raise
-                p.group = None  # not exact here after all: gather from now on
+                if not _undecodable(exc):
+                    p.group = None  # not exact here after all: gather from now on
+                return await self.run_gather(p, params, session)
         if len(targets) > 1 and p.gather is not None and (p.refuse_scatter or p.pushed is None):
             return await self.run_gather(p, params, session)
+        if len(targets) > 1 and p.gather is not None and not p.refuse_scatter:
+            self.metrics.observe_read(len(targets))
+            try:
+                return await self._run_pushed(p, targets, params, tx)
+            except QueryError as exc:
+                if not _undecodable(exc):
+                    raise
+                # A shard row holds text that is not UTF-8; the merge might drop it (LIMIT,
+                # OFFSET, MIN/MAX), where SQLite never reads it out: answer router-side.
+                return await self.run_gather(p, params, session)
         self.metrics.observe_read(len(targets))
         if len(targets) == 1:
             run = lambda c: c.execute(p.text, params, timeout_ms=self.query_timeout_ms)  # noqa: E731
@@ -427,6 +468,13 @@ class Executor:
             )
         if p.pushed is None:  # whole-statement reads never need several shards
             raise NotSupportedError("this statement cannot be split over several shards")
+        return await self._run_pushed(p, targets, params, tx)
+
+    async def _run_pushed(
+        self, p: Plan, targets: list[str], params: Any, tx: Transaction | None
+    ) -> ShardResult:
+        """Scatter ``p.pushed`` and merge: concatenation, k-way ORDER BY, aggregates, LIMIT."""
+        assert p.pushed is not None
         limit = merge.as_limit(p.limit.bind(params), "LIMIT") if p.limit else None
         offset = merge.as_limit(p.offset.bind(params), "OFFSET") if p.offset else 0
         sql = p.pushed
@@ -473,12 +521,29 @@ class Executor:
 
     # ------------------------------------------------------------------ partial aggregation
 
+    async def resolve_group(self, p: Plan, tx: Transaction | None) -> groupby.GroupPlan:
+        """``p.group``, re-planned once if a name it read as an alias is a table column.
+
+        SQLite reads a GROUP BY/HAVING name as the column when the table has one of
+        that name (the alias only otherwise); the planner does not know the columns.
+        """
+        g: groupby.GroupPlan = p.group
+        if g.shadow and "resolved" not in g.cache:
+            assert p.table is not None
+            schema = await self.local_schema(p.table, tx)
+            names = schema.names | (ROWID_NAMES if schema.has_rowid else frozenset())
+            if groupby.needs_columns(g, names):
+                st = Statement(p.text)
+                g = p.group = groupby.plan(st, st.ast, columns=names)
+            g.cache["resolved"] = True
+        return g
+
     async def run_group(
         self, p: Plan, targets: list[str], params: Any, session: ClientSession
     ) -> ShardResult:
         """GROUP BY over several shards: per-shard partials, final step in memory."""
-        g: groupby.GroupPlan = p.group
         tx = session.tx
+        g = await self.resolve_group(p, tx)
         if "colls" not in g.cache:
             colls: list[str | None] = [None] * len(g.columns)
             probes = [(i, e) for i, e in enumerate(g.probes) if e is not None]
@@ -503,7 +568,18 @@ class Executor:
                 else:
                     names.append(name)
                     types.append(None)
-            g.cache.update(colls=colls, names=names, types=types)
+            affinity = []
+            for src in g.affinity:  # each group key keeps its affinity in the final step
+                if src is None:
+                    affinity.append("")
+                elif src[0] == "column":
+                    declared_type = info.types.get(src[1]) if info else None
+                    if info is None or src[1] not in info.types:
+                        raise NotSupportedError("unknown type of a GROUP BY column")
+                    affinity.append(groupby.affinity_type(declared_type))
+                else:
+                    affinity.append(src[1])
+            g.cache.update(colls=colls, names=names, types=types, affinity=affinity)
         pparams = _select_params(params, g.pushed_params)
         results = await self.parallel(
             targets,
@@ -514,7 +590,12 @@ class Executor:
         self.metrics.observe_read(len(targets))
         partials = [row for r in results for row in r.rows]
         rows = await trio.to_thread.run_sync(
-            groupby.run_final, g, g.cache["colls"], partials, self.query_timeout_ms
+            groupby.run_final,
+            g,
+            g.cache["colls"],
+            partials,
+            self.query_timeout_ms,
+            g.cache["affinity"],
         )
         return ShardResult(
             columns=list(g.cache["names"]), decltypes=list(g.cache["types"]), rows=rows, rowcount=-1
@@ -572,11 +653,15 @@ class Executor:
         return info
 
     async def gather_jobs(
-        self, p: Plan, params: Any, session: ClientSession
+        self, p: Plan, params: Any, session: ClientSession, *, raw: bool = False
     ) -> tuple[
         dict[str, gather.LocalSchema], dict[str, list[tuple[int, str, Any]]], list[list[str]]
     ]:
-        """Per shard, the fetches of a router-side plan: (ref index, SQL, parameters)."""
+        """Per shard, the fetches of a router-side plan: (ref index, SQL, parameters).
+
+        ``raw``: every column is fetched as two (:func:`gather.raw_columns`), so
+        text that is not UTF-8 travels as bytes and is TEXT again in memory.
+        """
         g: gather.Gather = p.gather
         tx = session.tx
         schemas: dict[str, gather.LocalSchema] = {}
@@ -601,7 +686,10 @@ class Executor:
                 cols = ["rowid", *schema.columns]
             fetch_cols.append(cols)
             pushed = gather.pushed_for(g, ref, schemas) if ref.candidates else []
-            sql = "SELECT " + ", ".join(gather.quote(c) for c in cols)
+            if raw:
+                sql = "SELECT " + ", ".join(gather.raw_columns(gather.quote(c)) for c in cols)
+            else:
+                sql = "SELECT " + ", ".join(gather.quote(c) for c in cols)
             head = len(sql)
             sql += " FROM " + gather.quote(ref.name)
             if pushed:
@@ -613,8 +701,9 @@ class Executor:
                     fparams = params
                 else:
                     fparams = [params[k] for c in pushed for k in (c.params or ())]
+            width = 2 * len(cols) if raw else len(cols)
             for sid in await self._gather_targets(ref.name, table, pushed, params, session):
-                jobs.setdefault(sid, []).append((i, sql, fparams, head, len(cols)))
+                jobs.setdefault(sid, []).append((i, sql, fparams, head, width))
         return schemas, jobs, fetch_cols
 
     async def run_gather(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
@@ -631,10 +720,12 @@ class Executor:
             self.local_schemas.clear()
             return await self._run_gather(p, params, session)
 
-    async def _run_gather(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
+    async def _run_gather(
+        self, p: Plan, params: Any, session: ClientSession, *, raw: bool = False
+    ) -> ShardResult:
         g: gather.Gather = p.gather
         tx = session.tx
-        schemas, jobs, fetch_cols = await self.gather_jobs(p, params, session)
+        schemas, jobs, fetch_cols = await self.gather_jobs(p, params, session, raw=raw)
         rows: list[list[list[Any]]] = [[] for _ in g.refs]
         self.metrics.observe_read(len(jobs))
 
@@ -648,7 +739,14 @@ class Executor:
             return out
 
         shard_ids = [s for s in self.order if s in jobs]
-        results = await self.parallel(shard_ids, per_shard, tx, retry=tx is None)
+        try:
+            results = await self.parallel(shard_ids, per_shard, tx, retry=tx is None)
+        except QueryError as exc:
+            if raw or g.tag is not None or not _undecodable(exc):
+                raise
+            # A stored text is not UTF-8: fetch its bytes; in memory, SQLite reads
+            # only the rows the statement needs (fails only if the answer holds one).
+            return await self._run_gather(p, params, session, raw=True)
         extra: list[str] = []
         for sid, r in zip(shard_ids, results, strict=True):
             for i, got in (r.info or {})["got"]:
@@ -682,6 +780,8 @@ class Executor:
             params,
             self.query_timeout_ms,
             extra + list(g.views),
+            None,
+            frozenset(ref.name for ref in g.refs) if raw else frozenset(),
         )
         return ShardResult(columns=columns, decltypes=types, rows=out_rows, rowcount=-1)
 
@@ -765,10 +865,15 @@ class Executor:
     async def in_transaction(
         self, session: ClientSession, body: Callable[[Transaction], Awaitable[Any]]
     ) -> Any:
-        """Run ``body`` in the session transaction, or in an implicit one committed after it."""
+        """Run ``body`` in the session transaction, or in an implicit one committed after it.
+
+        A session whose transaction failed never runs anything (the router refuses
+        earlier; this guards every other way in).
+        """
+        session.check_usable()
         if session.tx is not None:
             return await body(session.tx)
-        tx = Transaction(self.pools, self.order, explicit=False)
+        tx = Transaction(self.pools, self.order, explicit=False, atomic=self.atomic_commit)
         try:
             result = await body(tx)
         except BaseException:
@@ -784,23 +889,35 @@ class Executor:
         A SAVEPOINT makes every shard join the transaction first, so a later
         ROLLBACK TO also undoes work on shards the transaction had not touched
         yet. Outside a transaction, SAVEPOINT starts one that the RELEASE of that
-        savepoint commits (as in SQLite).
+        savepoint commits (as in SQLite). A RELEASE / ROLLBACK TO that ran on some
+        shards but failed on another leaves the shards disagreeing about what the
+        transaction holds, so it aborts the transaction (as does any error that
+        cost a shard its part).
         """
+        session.check_usable()
         name = str(p.table).lower()
         tx = session.tx
         stack: list[tuple[str, bool]] = getattr(tx, "savepoints", []) if tx else []
         if p.tx_op == "savepoint":
             started = tx is None
             if tx is None:
-                tx = Transaction(self.pools, self.order, "deferred")
-                session.tx = tx
+                tx = Transaction(self.pools, self.order, "deferred", atomic=self.atomic_commit)
+                session.begin(tx)
             try:
                 for sid in self.order:
                     c = await tx.conn(sid)
                     await c.execute(p.text)
+            except DoSQLError as exc:
+                if started:
+                    session.end()
+                    with trio.CancelScope(shield=True):
+                        await tx.rollback()
+                elif tx_aborted_by_shard(exc, tx):
+                    await self.abort(session, exc)
+                raise
             except BaseException:
                 if started:
-                    session.tx = None
+                    session.end()
                     with trio.CancelScope(shield=True):
                         await tx.rollback()
                 raise
@@ -810,23 +927,33 @@ class Executor:
         idx = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == name), None)
         if tx is None or idx is None:
             raise QueryError(f"no such savepoint: {p.table}", code="QUERY_ERROR")
-        for sid in tx.shards:
-            await tx.conns[sid].execute(p.text)
+        done = 0
+        try:
+            for sid in tx.shards:
+                await tx.conns[sid].execute(p.text)
+                done += 1
+        except DoSQLError as exc:
+            if done or tx_aborted_by_shard(exc, tx):
+                await self.abort(session, exc)
+            raise
         if p.tx_op == "rollback_to":
             del stack[idx + 1 :]
             return
         started = stack[idx][1]
         del stack[idx:]
         if started:  # releasing the savepoint that began the transaction commits it
-            session.tx = None
-            await tx.commit()
+            await session.commit()
 
     async def abort(self, session: ClientSession, exc: DoSQLError) -> None:
+        """An error cost the open transaction: roll it back everywhere, session -> aborted.
+
+        The session stays aborted (every statement refused with
+        ``TRANSACTION_ABORTED``) until the client's ROLLBACK, so the application
+        cannot mistake a later write or COMMIT for part of the lost transaction.
+        """
         tx = session.tx
         if tx is None:
             return
-        session.tx = None
-        self.metrics.active_tx.dec()
         shards = tx.shards
         with trio.CancelScope(shield=True):
             await tx.rollback()
@@ -835,71 +962,22 @@ class Executor:
         )
         exc.args = (exc.message,)
         exc.details["transaction_rolled_back"] = True
+        session.fail(TxState.ABORTED, exc, shards)
 
     async def _needs_ids(self, p: Plan, params: Any, session: ClientSession) -> bool:
-        """Whether some row of this INSERT leaves its sequence key NULL or out."""
-        if p.key_index == -1:
-            return True
-        if p.key_index is None:
-            info = await self._learn_column_type(str(p.table), session.tx)
-            if info is None:
-                return False
-            ki = [c.lower() for c in info.columns].index(str(p.key_column).lower())
-            return any(
-                ki < len(v.const) and v.const[ki] is not None and v.const[ki].bind(params) is None
-                for v, *_ in p.insert_rows
-            )
-        return any(v.bind(params) is None for v, *_ in p.insert_rows)
+        """Whether some row of this INSERT may leave its sequence column NULL or out."""
+        spec = sequences.spec_for(self, str(p.table))
+        if spec is None:
+            return False
+        info = await self._learn_column_type(str(p.table), session.tx)
+        return any(s.missing(params) is not False for s in sequences.slots(p, spec.column, info))
 
     async def next_ids(self, name: str, n: int, session: ClientSession) -> list[int]:
-        """``n`` ids for ``name`` from its sequence (blocks reserved on the default shard)."""
-        key = name.lower()
-        out: list[int] = []
-        async with self.seq_lock:
-            while len(out) < n:
-                block = self.seq_blocks.get(key)
-                if block is None or block[0] >= block[1]:
-                    block = await self._reserve_block(key, max(self.seq_block, n - len(out)))
-                    self.seq_blocks[key] = block
-                take = min(n - len(out), block[1] - block[0])
-                out.extend(range(block[0], block[0] + take))
-                block[0] += take
-        return out
-
-    async def _reserve_block(self, name: str, size: int) -> list[int]:
-        """Take ids [start, start + size) in one IMMEDIATE transaction on the default shard.
-
-        The stored value is the next free id; it never goes below max(key) + 1 of the
-        table, so ids given explicitly before are not handed out again.
-        """
-        seen = await self.run_read(
-            self.plan(f"SELECT max({_quote(str(self.vs.table(name).column))}) FROM {_quote(name)}"),
-            None,
-            ClientSession("admin"),
-        )
-        top = seen.rows[0][0] if seen.rows and isinstance(seen.rows[0][0], int) else 0
-        pool = self.pools[self.vs.default_shard]
-        meta_key = metadata.SEQ_PREFIX + name
-        conn = await pool.acquire()
-        try:
-            await conn.call(lambda rid: protocol.Begin(id=rid, mode="immediate"))
-            try:
-                got = await conn.call(lambda rid: protocol.MetaGet(id=rid, prefix=meta_key))
-                stored = ((got.info or {}).get("values") or {}).get(meta_key)
-                start = max(int(stored) if stored else 1, top + 1)
-                value = str(start + size)
-                await conn.call(lambda rid: protocol.MetaSet(id=rid, key=meta_key, value=value))
-                await conn.call(lambda rid: protocol.Commit(id=rid))
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    try:
-                        await conn.call(lambda rid: protocol.Rollback(id=rid))
-                    except Exception:
-                        pass
-                raise
-        finally:
-            pool.release(conn)
-        return [start, start + size]
+        """``n`` ids for table ``name`` from its sequence (see dosql/router/sequences.py)."""
+        spec = sequences.spec_for(self, name)
+        if spec is None:
+            raise QueryError(f"table {name} has no sequence", code="QUERY_ERROR")
+        return await sequences.next_ids(self, spec, n, session)
 
     async def run_insert_select(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
         """INSERT … SELECT: run the source through the router, then route its rows."""
@@ -926,8 +1004,15 @@ class Executor:
         sql = p.insert_sql.rstrip() + " VALUES (" + ", ".join("?" * len(columns)) + ")"
         per_shard: dict[str, list[Any]] = {}
         assigned: int | None = None
-        if table.kind == "sharded" and name.lower() in self.sequences:
-            key = str(table.column).lower()
+        spec = sequences.spec_for(self, name) if table.kind == "sharded" else None
+        guard = sequences.guarded_column(self, name, info) if table.kind == "sharded" else None
+        if guard is not None and (
+            guard not in columns or any(r[columns.index(guard)] is None for r in got.rows)
+        ):
+            raise sequences.sequence_required(name, guard)
+        if spec is not None:
+            key = spec.column
+            sequences.check_column(spec, info)
             rows_in = [list(r) for r in got.rows]
             if key not in columns:
                 columns = [*columns, key]
@@ -935,10 +1020,13 @@ class Executor:
                     r.append(None)
                 sql = _insert_head(p.insert_sql, name, columns)
             ki = columns.index(key)
+            self.seq_ids.observe(spec.sequence, [r[ki] for r in rows_in if r[ki] is not None])
             missing = [r for r in rows_in if r[ki] is None]
             if missing:
                 for r, new_id in zip(
-                    missing, await self.next_ids(name, len(missing), session), strict=True
+                    missing,
+                    await sequences.next_ids(self, spec, len(missing), session),
+                    strict=True,
                 ):
                     r[ki] = new_id
                 assigned = missing[-1][ki]
@@ -973,7 +1061,7 @@ class Executor:
 
         async def body(tx: Transaction | None) -> ShardResult:
             results = await self.parallel(
-                targets, lambda sid, c: c.execute_many(sql, per_shard[sid]), tx
+                targets, lambda sid, c: c.execute_many(sql, per_shard[sid]), tx, write=True
             )
             out = _combine(results)
             if table.kind == "reference":
@@ -998,6 +1086,7 @@ class Executor:
                 targets,
                 lambda sid, c: c.execute(p.text, params, timeout_ms=self.query_timeout_ms),
                 tx,
+                write=True,
             )
             return _combine(results)
 
@@ -1017,17 +1106,10 @@ class Executor:
         return {s: groups[s] for s in self.order if s in groups}
 
     async def run_insert(self, p: Plan, params: Any, session: ClientSession) -> ShardResult:
-        if (
-            p.table is not None
-            and p.table.lower() in self.sequences
-            and "as_select" in p.cache
-            and await self._needs_ids(p, params, session)
-        ):
-            head, source, source_params, columns = p.cache["as_select"]
-            q = Plan("write", p.text, is_write=True, table=p.table)
-            q.insert_sql, q.source_sql = head, source
-            q.source_params, q.insert_columns = source_params, columns
-            return await self.run_insert_select(q, params, session)
+        if p.table is not None:  # rows that need ids from a sequence (or refuse without one)
+            done = await sequences.run_insert(self, p, params, session)
+            if done is not None:
+                return done
         groups = await self._insert_groups(p, params, session)
         targets = list(groups)
         if len(targets) == 1:
@@ -1057,6 +1139,7 @@ class Executor:
                     texts[sid][0], texts[sid][1], timeout_ms=self.query_timeout_ms
                 ),
                 tx,
+                write=True,
             )
             return _combine(results)
 
@@ -1066,29 +1149,37 @@ class Executor:
         """executemany: param sets grouped per shard, one ExecuteMany per shard."""
         if p.kind == "read":
             raise QueryError("executemany() can only execute DML statements", code="QUERY_ERROR")
+
+        # general case: one execution per parameter set, in one transaction
+        async def loop(tx: Transaction | None) -> ShardResult:
+            sub = ClientSession(session.scope)
+            sub.tx = tx
+            total = ShardResult(rowcount=0)
+            for params in seq:
+                r = await self.run_plan(p, params, sub)
+                total.rowcount += max(r.rowcount, 0)
+                total.lastrowid = r.lastrowid
+            return total
+
         if (
             p.kind not in ("write", "insert")
             or (p.kind == "insert" and len(p.insert_rows) != 1)
             or p.route is None
         ):
-            # general case: one execution per parameter set, in one transaction
-            async def loop(tx: Transaction | None) -> ShardResult:
-                sub = ClientSession(session.scope)
-                sub.tx = tx
-                total = ShardResult(rowcount=0)
-                for params in seq:
-                    r = await self.run_plan(p, params, sub)
-                    total.rowcount += max(r.rowcount, 0)
-                    total.lastrowid = r.lastrowid
-                return total
-
             return await self._in_write_tx(session, list(self.order), loop)
         per_shard: dict[str, list[Any]] = {}
+        sql, last_id = p.text, None
         if p.kind == "insert" and seq:
             # one VALUES row: the table is resolved once, then each set costs a hash
             assert p.table is not None
             info = await self._learn_column_type(p.table, session.tx)
-            per_shard = InsertRouter(p, info, self.vs, self.null_shards).group(seq)
+            ided = await sequences.plan_many(self, p, seq, info, session)
+            if ided == sequences.LOOP:  # ids only row by row (NULL literal, expression)
+                return await self._in_write_tx(session, list(self.order), loop)
+            if ided is not None:  # sequence ids filled into the parameter sets
+                sql, per_shard, last_id = ided
+            else:
+                per_shard = InsertRouter(p, info, self.vs, self.null_shards).group(seq)
         elif p.kind != "insert":
             for params in seq:
                 for sid in await self.targets(p, params, session):
@@ -1099,9 +1190,12 @@ class Executor:
 
         async def body(tx: Transaction | None) -> ShardResult:
             results = await self.parallel(
-                targets, lambda sid, c: c.execute_many(p.text, per_shard[sid]), tx
+                targets, lambda sid, c: c.execute_many(sql, per_shard[sid]), tx, write=True
             )
-            return _combine(results)
+            out = _combine(results)
+            if last_id is not None:
+                out.lastrowid = last_id
+            return out
 
         return await self._in_write_tx(session, targets, body)
 
@@ -1117,7 +1211,9 @@ class Executor:
             return await self._drop_index(p, targets, session)
 
         async def body(tx: Transaction | None) -> ShardResult:
-            results = await self.parallel(targets, lambda sid, c: c.execute(p.text, params), tx)
+            results = await self.parallel(
+                targets, lambda sid, c: c.execute(p.text, params), tx, write=True
+            )
             return _combine(results)
 
         try:
@@ -1232,7 +1328,7 @@ class Executor:
             else:  # the router assigns keys left out, from a sequence
                 entry[metadata.SEQUENCE] = True
         default = self.vs.default_shard
-        conn = await tx.conn(default) if tx is not None else None
+        conn = await tx.conn(default, write=True) if tx is not None else None
         await metadata.store(self.pools[default], name.lower(), entry, conn)
         self.learned[name.lower()] = entry
         self.null_shards = metadata.null_shards(self.learned)
@@ -1242,7 +1338,7 @@ class Executor:
     async def _forget_table(self, name: str, tx: Transaction | None) -> None:
         default = self.vs.default_shard
         try:
-            conn = await tx.conn(default) if tx is not None else None
+            conn = await tx.conn(default, write=True) if tx is not None else None
             await metadata.store(self.pools[default], name.lower(), None, conn)
             if name.lower() in self.sequences:
                 key = metadata.SEQ_PREFIX + name.lower()
@@ -1254,7 +1350,7 @@ class Executor:
                         lambda c: c.call(lambda rid: protocol.MetaSet(id=rid, key=key, value=None))
                     )
         finally:
-            self.seq_blocks.pop(name.lower(), None)
+            self.seq_ids.forget(name.lower())
             self.learned.pop(name.lower(), None)
             self.null_shards = metadata.null_shards(self.learned)
             self.sequences = metadata.sequences(self.learned)
@@ -1265,7 +1361,9 @@ class Executor:
         errors: list[DoSQLError] = []
         for sid in targets:
             try:
-                ok.append(await self.on_shard(sid, lambda c: c.execute(p.text), session.tx))
+                ok.append(
+                    await self.on_shard(sid, lambda c: c.execute(p.text), session.tx, write=True)
+                )
             except DoSQLError as exc:
                 if "no such index" not in exc.message:
                     raise

@@ -15,9 +15,11 @@ the VSchema keys (stripped before the entry reaches ``vschema.from_dict``).
 Tables listed in the VSchema keep refusing NULL keys (SHARDING_KEY_NULL).
 
 A table sharded by its INTEGER PRIMARY KEY instead gets ``"sequence": true``:
-the router assigns keys the client leaves NULL (or out) from a sequence kept
-on the default shard under ``seq:<table>`` (the next free id), taking blocks
-of ids in one IMMEDIATE transaction there (see ``Executor.next_ids``).
+the router assigns keys the client leaves NULL (or out) from the sequence
+named after the table (see :mod:`dosql.router.sequences`). Sequence state
+lives in the default shard's sidecar database (:mod:`dosql.shard.sequences`);
+``seq:<table>`` keys here are where it lived before, read once when the
+sidecar first meets the sequence.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 ``dosql_query_duration_ms`` (histogram by plan kind), ``dosql_queries_total``
 (by kind), ``shard_query_scatter_ratio`` (share of reads sent to more than one
 shard), ``shard_latency_p99_ms`` (per shard, last 1000 requests),
-``dosql_errors_total{code}``, ``dosql_active_transactions``,
+``dosql_errors_total{code}``, ``dosql_active_transactions{state}`` (client
+transactions open, aborted awaiting ROLLBACK, or with an unknown commit outcome),
 ``dosql_connection_count``, ``shard_health_score`` (share of shards last seen
 healthy) and the plan cache counters (``dosql_plan_cache_parses_total`` counts
 statements actually parsed: a repeated statement is parsed once).
@@ -11,7 +12,7 @@ statements actually parsed: a repeated statement is parsed once).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,7 +39,15 @@ class RouterMetrics:
         self.shard_p99 = Gauge(
             "shard_latency_p99_ms", "p99 shard request latency (last 1000)", ["shard"], registry=r
         )
-        self.active_tx = Gauge("dosql_active_transactions", "Open client transactions", registry=r)
+        # Labelled by state; each label is computed when scraped from the live sessions
+        # (and whatever else registers a source), so it can never drift from the truth.
+        self.active_tx = Gauge(
+            "dosql_active_transactions",
+            "Client transactions by state (open, aborted, outcome_unknown, ...)",
+            ["state"],
+            registry=r,
+        )
+        self.tx_sources: list[Callable[[], Mapping[str, int]]] = []
         self.connections = Gauge("dosql_connection_count", "Client connections", registry=r)
         self.health = Gauge("shard_health_score", "Share of shards last seen healthy", registry=r)
         self.plan_parses = Counter(
@@ -61,3 +70,17 @@ class RouterMetrics:
         self.health.set_function(
             lambda: sum(1 for p in pools.values() if p.healthy is not False) / max(1, len(pools))
         )
+
+    def watch_transactions(
+        self, source: Callable[[], Mapping[str, int]], states: Iterable[str]
+    ) -> None:
+        """Count ``dosql_active_transactions{state}`` from ``source`` at scrape time.
+
+        Several sources add up (client sessions here; prepared / in-doubt transactions
+        of the commit coordinator can register theirs with their own states).
+        """
+        self.tx_sources.append(source)
+        for state in states:
+            self.active_tx.labels(state).set_function(
+                lambda state=state: sum(src().get(state, 0) for src in self.tx_sources)
+            )

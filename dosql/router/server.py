@@ -3,7 +3,15 @@
 Clients speak exactly what a shard speaks (Execute, ExecuteMany, Begin,
 Commit, Rollback, Ping; replies Result chunks, Ok or Error), so the driver
 works against either. Each client connection has a :class:`ClientSession`
-(its scope and open transaction); requests on one connection run in order.
+(its scope and its transaction, in one of the states of
+:mod:`dosql.router.session`: idle, open, aborted, outcome_unknown); requests
+on one connection run in order. ``Begin`` and ``Commit`` replies carry the
+transaction's global id in ``Ok.info["gtid"]`` so a driver that loses the
+commit's reply can still name the transaction it must look up.
+
+HTTP beside the protocol: ``/status`` (``transactions``: counts by state and
+the oldest one's age), ``/metrics`` (``dosql_active_transactions{state}``) and
+``GET /admin/transactions/active`` (every client transaction not idle).
 
 Auth: when tokens are configured the Service refuses WebSocket handshakes
 without a valid bearer token; a read-scope connection may read but every
@@ -15,6 +23,7 @@ token of the config.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import time
 from typing import Any
@@ -37,6 +46,8 @@ from dosql.router.executor import Executor
 from dosql.router.metrics import RouterMetrics
 from dosql.router.plan import Plan
 from dosql.router.pool import ShardPool, ShardResult
+from dosql.router.resolver import Resolver, transaction_status
+from dosql.router.session import FAILED, TxState
 from dosql.router.transactions import (
     ClientSession,
     Transaction,
@@ -46,6 +57,12 @@ from dosql.router.transactions import (
 from dosql.service import Service
 
 log = logging.getLogger(__name__)
+
+# Answered by the router itself (resolver.transaction_status), never sent to a shard.
+_TX_STATUS = re.compile(
+    r"^\s*SELECT\s+dosql_transaction_status\s*\(\s*(\?|'(?:[^']|'')*')\s*\)\s*;?\s*$",
+    re.IGNORECASE,
+)
 
 
 def admin_token(config: Config) -> str | None:
@@ -76,12 +93,20 @@ class Router:
         self.connections = 0
         self.chunk_rows = config.shard.result_chunk_rows
         self.executor: Executor | None = None
+        self.resolver: Resolver | None = None
+        # Every live client session, for /status, /admin/transactions/active and
+        # dosql_active_transactions{state} (counted when scraped, never drifting).
+        self.sessions: set[ClientSession] = set()
+        self.metrics.watch_transactions(
+            self.transaction_counts, [str(s) for s in TxState if s is not TxState.IDLE]
+        )
         self.service = Service(
             "router",
             tokens=config.tokens,
             registry=self.metrics.registry,
             status=self.status,
             deep_health=self.deep_health,
+            routes={"/admin/transactions/active": self.active_transactions},
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -122,7 +147,12 @@ class Router:
                 metrics=self.metrics,
                 query_timeout_ms=self.config.router.query_timeout_ms,
             )
+            self.executor.seq_block = self.config.router.sequence_block  # sequences
+            self.executor.atomic_commit = self.config.router.atomic_commit
             self.metrics.watch(pools)
+            self.resolver = Resolver(pools)  # prepared transactions left without a router
+            self.metrics.watch_transactions(self.resolver.counts, ["prepared", "in_doubt"])
+            nursery.start_soon(self.resolver.run)
             try:
                 await self.executor.load_metadata()
             except DoSQLError as exc:
@@ -154,7 +184,34 @@ class Router:
             "tables": sorted(ex.vs.tables) if ex else [],
             "learned_tables": sorted(ex.learned) if ex else [],
             "default_shard": self.vs.default_shard,
+            "transactions": self.transaction_summary(),
+            "two_phase_commit": self.resolver.status() if self.resolver else None,
         }
+
+    def transaction_counts(self) -> dict[str, int]:
+        counts = {str(s): 0 for s in TxState}
+        for session in list(self.sessions):
+            counts[str(session.state)] += 1
+        return counts
+
+    def transaction_summary(self) -> dict[str, Any]:
+        """Client transactions by state and the oldest one's age (what stays open too long)."""
+        now = time.time()
+        counts = self.transaction_counts()
+        ages = [now - s.began_at for s in list(self.sessions) if s.began_at is not None]
+        return {
+            "open": counts["open"],
+            "aborted": counts["aborted"],
+            "outcome_unknown": counts["outcome_unknown"],
+            "oldest_age_s": round(max(ages), 3) if ages else None,
+        }
+
+    def active_transactions(self) -> dict[str, Any]:
+        """``GET /admin/transactions/active``: every client transaction not idle, oldest first."""
+        now = time.time()
+        rows = [s.describe(now) for s in list(self.sessions) if s.state is not TxState.IDLE]
+        rows.sort(key=lambda r: -(r["age_s"] or 0))
+        return {"count": len(rows), "transactions": rows}
 
     async def deep_health(self) -> dict[str, Any]:
         assert self.executor is not None
@@ -173,6 +230,7 @@ class Router:
 
     async def handler(self, ws: Any) -> None:
         session = ClientSession(getattr(ws, "scope", "admin"))
+        self.sessions.add(session)
         self.connections += 1
         self.metrics.connections.set(self.connections)
         try:
@@ -187,9 +245,10 @@ class Router:
         finally:
             self.connections -= 1
             self.metrics.connections.set(self.connections)
-            if session.tx is not None:
-                tx, session.tx = session.tx, None
-                self.metrics.active_tx.dec()
+            tx = session.tx
+            session.end()  # a client that goes away ends its transaction, whatever its state
+            self.sessions.discard(session)
+            if tx is not None:
                 with trio.CancelScope(shield=True):
                     await tx.rollback()
 
@@ -252,6 +311,24 @@ class Router:
             raise meta_error
         return p
 
+    async def tx_status_result(self, asked: re.Match[str], params: Any) -> ShardResult:
+        """``SELECT dosql_transaction_status(gtid)``: committed / aborted / in_doubt (resolver.py)."""
+        literal = asked.group(1)
+        if literal == "?":
+            values = list(params.values()) if isinstance(params, dict) else list(params or [])
+            gtid = values[0] if len(values) == 1 else None
+        else:
+            gtid = literal[1:-1].replace("''", "'")
+        if not isinstance(gtid, str) or not gtid:
+            raise QueryError(
+                "dosql_transaction_status() takes one gtid string (from the error's "
+                "details['gtid'], or the COMMIT reply's info)",
+                code="INVALID_INPUT",
+            )
+        assert self.executor is not None
+        state = await transaction_status(self.executor.pools, gtid)
+        return ShardResult(columns=["dosql_transaction_status"], rows=[[state]], rowcount=-1)
+
     async def dispatch(self, ws: Any, session: ClientSession, m: Any) -> str | None:
         ex = self.executor
         assert ex is not None
@@ -261,6 +338,16 @@ class Router:
             else:
                 for params in m.seq_params:
                     protocol.check_params(params)
+            # asked on any session, a failed one too: it is how the outcome is learned
+            asked = _TX_STATUS.match(m.sql) if isinstance(m, protocol.Execute) else None
+            if asked is not None:
+                await self.send_result(ws, m.id, await self.tx_status_result(asked, m.params))
+                return "tx_status"
+            if session.failed is not None:
+                # Only ROLLBACK gets through a failed transaction; everything else is refused.
+                await self._failed_statement(session, m.sql)
+                await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
+                return "tx"
             from dosql.router import timetravel  # FOR SYSTEM_TIME / dosql_history(): the lake
 
             temporal = timetravel.detect(m.sql)
@@ -270,9 +357,7 @@ class Router:
                 return "timetravel"
             p = await self._plan(m.sql)
             if p.kind == "tx" and p.tx_op in ("savepoint", "release", "rollback_to"):
-                had = session.tx is not None
                 await ex.savepoint(session, p)
-                self.metrics.active_tx.inc((session.tx is not None) - had)
                 await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
                 return "tx"
             if p.kind == "tx":
@@ -283,26 +368,38 @@ class Router:
                 raise AuthorizationError(
                     "this connection has a read-only token: writes are refused", code="READ_ONLY"
                 )
+            marks = request_marks(session.tx)
             try:
                 if isinstance(m, protocol.Execute):
                     result = await ex.run_plan(p, m.params, session)
                 else:
                     result = await ex.run_many(p, m.seq_params, session)
             except DoSQLError as exc:
-                if session.tx is not None and tx_aborted_by_shard(exc, session.tx):
-                    await ex.abort(session, exc)  # a shard lost its part: roll back everywhere
+                tx = session.tx
+                if tx is not None and (
+                    tx_aborted_by_shard(exc, tx) or (p.is_write and partial_write(tx, marks, exc))
+                ):
+                    await ex.abort(session, exc)  # the transaction lost or half-did a part
                 raise
+            except Exception as exc:
+                if session.tx is None:
+                    raise
+                # A bug mid-statement: what reached the shards is unknown, so the
+                # transaction cannot be trusted any more.
+                log.exception("statement failed inside a transaction")
+                err = DoSQLError(f"internal router error: {exc}", code="INTERNAL")
+                await ex.abort(session, err)
+                raise err from exc
             await self.send_result(ws, m.id, result)
             return p.kind
         if isinstance(m, protocol.Begin):
             await self.transaction(session, "begin", m.mode)
-            await self.send(ws, protocol.Ok(m.id))
+            await self.send(ws, protocol.Ok(m.id, info={"gtid": session.gtid}))
             return "tx"
         if isinstance(m, protocol.Commit | protocol.Rollback):
             op = "commit" if isinstance(m, protocol.Commit) else "rollback"
-            had = session.tx is not None
-            await self.transaction(session, op, "deferred")
-            await self.send(ws, protocol.Ok(m.id, info={} if had else {"noop": True}))
+            info = await self.transaction(session, op, "deferred")
+            await self.send(ws, protocol.Ok(m.id, info=info))
             return "tx"
         if isinstance(m, protocol.Ping):
             await self.send(ws, protocol.Ok(m.id, info={"service": "router"}))
@@ -313,13 +410,34 @@ class Router:
             code="INVALID_MESSAGE",
         )
 
+    async def _failed_statement(self, session: ClientSession, sql: str) -> None:
+        """A statement on a session whose transaction failed: ROLLBACK ends it, all else fails."""
+        assert self.executor is not None
+        try:
+            p = self.executor.plan(sql)
+        except DoSQLError:
+            p = None
+        if p is not None and p.kind == "tx" and p.tx_op == "rollback":
+            await self.transaction(session, "rollback", "deferred", sql=True)
+            return
+        raise session.failure_error()
+
     async def transaction(
         self, session: ClientSession, op: str, mode: str, *, sql: bool = False
-    ) -> None:
+    ) -> dict[str, Any]:
+        """BEGIN / COMMIT / ROLLBACK through the session's state machine; the reply's info.
+
+        In a failed state BEGIN and COMMIT are refused with the failure (a failed
+        commit can never be followed by one that returns normally); ROLLBACK
+        returns the session to idle. COMMIT / ROLLBACK with nothing open are no-ops
+        (``info["noop"]``), or ``TRANSACTION_STATE`` errors as SQL (as in SQLite).
+        """
         ex = self.executor
         assert ex is not None
+        state = session.state
         if op == "begin":
-            if session.tx is not None:
+            session.check_usable()
+            if state is TxState.OPEN:
                 raise QueryError(
                     "cannot start a transaction within a transaction", code="TRANSACTION_STATE"
                 )
@@ -328,20 +446,25 @@ class Router:
                     "BEGIN IMMEDIATE takes write locks: a read-only token may only BEGIN",
                     code="READ_ONLY",
                 )
-            session.tx = Transaction(ex.pools, ex.order, mode)
-            self.metrics.active_tx.inc()
-            return
+            session.begin(Transaction(ex.pools, ex.order, mode, atomic=ex.atomic_commit))
+            return {"gtid": session.gtid}
+        if op == "rollback" and state in FAILED:
+            info = {"gtid": session.gtid, "ended": str(state)}
+            session.end()  # its shards were rolled back (or settled by the commit) already
+            return info
+        if op == "commit":
+            session.check_usable()
         tx = session.tx
         if tx is None:
             if sql:
                 raise no_transaction(op)
-            return
-        session.tx = None
-        self.metrics.active_tx.dec()
+            return {"noop": True}
         if op == "commit":
-            await tx.commit()
-        else:
-            await tx.rollback()
+            return await session.commit()
+        gtid = session.gtid
+        session.end()
+        await tx.rollback()
+        return {"gtid": gtid}
 
     async def send_result(self, ws: Any, rid: int, r: ShardResult) -> None:
         rows = r.rows
@@ -375,6 +498,28 @@ class Router:
                     lastrowid=r.lastrowid if done else None,
                 ),
             )
+
+
+def request_marks(tx: Transaction | None) -> dict[str, int]:
+    """Each shard session's request counter before a statement (see :func:`partial_write`)."""
+    if tx is None:
+        return {}
+    return {sid: getattr(c, "next_id", 0) for sid, c in tx.conns.items()}
+
+
+def partial_write(tx: Transaction, marks: dict[str, int], exc: DoSQLError) -> bool:
+    """Did a failed write statement leave work behind on a shard other than the failing one?
+
+    A shard undoes its own failed statement, but not the parts other shards
+    already ran (a scattered UPDATE, a row moving shards, executemany split per
+    shard): the statement is then half applied inside the transaction, which
+    SQLite never allows, so the transaction must be aborted rather than left
+    open to commit half a statement. A shard that only received the failing
+    statement itself costs nothing (SQLite's rule: the transaction stays open).
+    """
+    failed = exc.details.get("shard")
+    touched = {sid for sid, c in tx.conns.items() if getattr(c, "next_id", 0) != marks.get(sid, -1)}
+    return bool(touched - {failed})
 
 
 def _ws_url(address: str) -> str:

@@ -6,15 +6,12 @@ sends ``Begin`` on it and keeps it until COMMIT/ROLLBACK, so every later
 statement of the transaction on that shard runs in the same shard
 transaction (and sees its own writes).
 
-COMMIT semantics (current behaviour; atomic multi-shard commit comes later):
-
-- A transaction that touched one shard commits atomically there.
-- A transaction that touched several shards commits them one after the other,
-  in VSchema shard order. If a commit fails, the shards not yet committed are
-  rolled back and the error names the shards that had already committed
-  (``details["committed"]``; their changes stay), the shard whose commit
-  failed (``details["failed_shard"]``) and those rolled back
-  (``details["rolled_back"]``).
+COMMIT is atomic: a transaction that wrote on one shard commits there; one
+that touched several commits with two-phase commit (twophase.py). Either it
+commits on every shard (one gtid, one commit timestamp), or COMMIT fails and
+it is rolled back on every shard, or — only when the decisive reply was lost
+and stayed lost — COMMIT fails with ``COMMIT_OUTCOME_UNKNOWN`` and the gtid
+to look the outcome up with.
 
 Statements outside a transaction that need several shards for a write (a
 multi-row INSERT split over shards, writes to reference tables, DDL, a
@@ -32,6 +29,9 @@ import trio
 
 from dosql import logs, protocol
 from dosql.errors import DoSQLError, QueryError
+from dosql.router import locks
+from dosql.router.session import ClientSession  # noqa: F401 - re-exported: it lived here
+from dosql.router.twophase import TwoPhaseCommit, new_gtid
 
 if TYPE_CHECKING:
     from dosql.router.pool import ShardConnection, ShardPool
@@ -45,6 +45,7 @@ class Transaction:
         mode: str = "deferred",
         *,
         explicit: bool = True,
+        atomic: bool = True,
     ) -> None:
         self.pools = pools
         self.order = order
@@ -52,24 +53,44 @@ class Transaction:
         self.explicit = explicit
         self.conns: dict[str, ShardConnection] = {}
         self.lock = trio.Lock()
+        self.gtid = new_gtid()  # the global id its commit is recorded under on every shard
+        self.atomic = atomic  # router.atomic_commit: two-phase commit across shards
 
     @property
     def shards(self) -> list[str]:
         return [s for s in self.order if s in self.conns]
 
-    async def conn(self, shard_id: str) -> ShardConnection:
-        """The transaction's session on ``shard_id``, begun on first use."""
-        if shard_id in self.conns:
-            return self.conns[shard_id]
+    async def conn(self, shard_id: str, *, write: bool = False) -> ShardConnection:
+        """The transaction's session on ``shard_id``, begun on first use.
+
+        A session opened for a write statement (``write=True``) begins
+        IMMEDIATE even when the client began deferred: it takes the shard's
+        write lock up front (queueing fairly there), so a later read-then-write
+        on that shard cannot fail on a stale snapshot. Waits for a shard's write
+        lock are entered in the router's wait-for graph (dosql/router/locks.py),
+        which fails the youngest transaction of a cycle with ``DEADLOCK``.
+        """
+        c = self.conns.get(shard_id)
+        if c is not None:
+            if write:  # a deferred session's first write takes the lock there
+                locks.graph.held(self, shard_id, c)
+            return c
         pool = self.pools[shard_id]
+        mode = "immediate" if write or self.mode == "immediate" else "deferred"
         c = await pool.acquire()
         trace = logs.trace_id.get()
         try:
-            await c.call(lambda rid: protocol.Begin(id=rid, mode=self.mode, trace_id=trace))  # type: ignore[arg-type]
+            if mode == "immediate":
+                with locks.graph.waiting(self, shard_id):
+                    await c.call(lambda rid: protocol.Begin(id=rid, mode=mode, trace_id=trace))
+            else:
+                await c.call(lambda rid: protocol.Begin(id=rid, mode=mode, trace_id=trace))
         except BaseException:
             pool.release(c)
             raise
         self.conns[shard_id] = c
+        if mode == "immediate":
+            locks.graph.held(self, shard_id, c)
         return c
 
     def _release(self) -> None:
@@ -77,38 +98,23 @@ class Transaction:
             self.pools[sid].release(c)
         self.conns.clear()
 
-    async def commit(self) -> None:
+    async def commit(self) -> dict[str, Any]:
+        """Commit on every shard of the transaction, atomically (twophase.py); reply info.
+
+        Returns when the transaction committed. ``COMMIT_OUTCOME_UNKNOWN`` when
+        the decisive reply was lost and could not be recovered in time; any
+        other error: rolled back on every shard.
+        """
         shards = self.shards
-        committed: list[str] = []
         try:
-            for i, sid in enumerate(shards):
-                c = self.conns[sid]
-                try:
-                    await c.call(lambda rid: protocol.Commit(id=rid))
-                except DoSQLError as exc:
-                    rest = shards[i + 1 :]
-                    await self._rollback_on(rest)
-                    if committed:
-                        exc.message = (
-                            f"commit failed on shard {sid}: {exc.message}; the transaction had "
-                            f"already committed on {', '.join(committed)} (those changes stay); "
-                            + (
-                                f"rolled back on {', '.join(rest)}"
-                                if rest
-                                else "nothing to roll back"
-                            )
-                        )
-                    elif rest:
-                        exc.message = (
-                            f"commit failed on shard {sid}: {exc.message}; rolled back on "
-                            f"{', '.join(rest)}; nothing was committed"
-                        )
-                    exc.args = (exc.message,)
-                    exc.details.update(
-                        {"committed": committed, "failed_shard": sid, "rolled_back": rest}
-                    )
-                    raise
-                committed.append(sid)
+            if not shards:
+                return {}
+            tpc = TwoPhaseCommit(self.gtid, self.pools, self.conns, shards)
+            if len(shards) == 1:
+                return await tpc.one_phase()
+            if not self.atomic:
+                return await tpc.best_effort()
+            return await tpc.two_phase()
         finally:
             self._release()
 
@@ -130,18 +136,6 @@ class Transaction:
             self._release()
 
 
-class ClientSession:
-    """Per client connection: scope and the open transaction, if any."""
-
-    def __init__(self, scope: str) -> None:
-        self.scope = scope
-        self.tx: Transaction | None = None
-
-    @property
-    def read_only(self) -> bool:
-        return self.scope == "read"
-
-
 def no_transaction(op: str) -> QueryError:
     return QueryError(f"cannot {op} - no transaction is active", code="TRANSACTION_STATE")
 
@@ -161,4 +155,6 @@ def tx_aborted_by_shard(exc: DoSQLError, tx: Transaction) -> bool:
     if exc.code in ("SHARD_UNAVAILABLE", "TIMEOUT"):
         shard = details.get("shard")
         return shard is None or shard in tx.conns
-    return False
+    # A shard session of the transaction left mid-request (cancelled by a router-side
+    # timeout, a reply cut short): what it did is unknown, so the transaction is lost.
+    return any(getattr(c, "broken", False) for c in tx.conns.values())

@@ -47,10 +47,20 @@ INTERNAL_DDL = (
         before BLOB,
         after BLOB,
         schema BLOB)""",
-    "CREATE TABLE IF NOT EXISTS _dosql_tx(txid INTEGER PRIMARY KEY, commit_ts INTEGER NOT NULL)",
+    # gtid/parts: set for a transaction committed atomically across shards (two-phase
+    # commit): its global id and the sorted participant shard ids, the same on every
+    # participant, which all use one commit_ts for it.
+    "CREATE TABLE IF NOT EXISTS _dosql_tx(txid INTEGER PRIMARY KEY, commit_ts INTEGER NOT NULL, "
+    "gtid TEXT, parts TEXT)",
+    # One row per transaction committed with a router gtid, kept OUTCOME_RETENTION_S after
+    # the change log is purged: how a shard answers "did gtid commit here?" (prepared.py).
+    "CREATE TABLE IF NOT EXISTS _dosql_outcomes(gtid TEXT PRIMARY KEY, commit_ts INTEGER NOT NULL, "
+    "parts TEXT, decided_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS _dosql_meta(key TEXT PRIMARY KEY, value TEXT)",
     "CREATE TABLE IF NOT EXISTS _dosql_schema(tbl TEXT PRIMARY KEY, sql TEXT, indexes TEXT)",
 )
+
+OUTCOME_RETENTION_S = 7 * 24 * 3600  # how long "did gtid commit here?" can be answered
 
 _USER_TABLES = r"""SELECT name, sql FROM sqlite_master
     WHERE type = 'table' AND name NOT LIKE '\_dosql\_%' ESCAPE '\'
@@ -78,6 +88,10 @@ def user_tables(conn: sqlite3.Connection) -> dict[str, str]:
 def ensure_internal_tables(conn: sqlite3.Connection) -> None:
     for ddl in INTERNAL_DDL:
         conn.execute(ddl)
+    tx_columns = {r[1] for r in conn.execute("PRAGMA table_info(_dosql_tx)")}
+    for column in ("gtid", "parts"):  # databases created before atomic multi-shard commit
+        if column not in tx_columns:
+            conn.execute(f"ALTER TABLE _dosql_tx ADD COLUMN {column} TEXT")
 
 
 def table_schema(

@@ -17,23 +17,39 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 import msgspec
 import trio
 
 from dosql import protocol
+from dosql.shard.capture import OUTCOME_RETENTION_S
 from dosql.shard.database import ConnState
 from dosql.shard.errormap import map_error
 
-_READ = """SELECT c.lsn, c.txid, t.commit_ts, c.tbl, c.op, c.key, c.before, c.after, c.schema
-    FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid
+_COLUMNS = """c.lsn, c.txid, t.commit_ts, c.tbl, c.op, c.key, c.before, c.after, c.schema,
+    t.gtid, t.parts"""
+_READ = (
+    "SELECT "
+    + _COLUMNS
+    + """ FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid
     WHERE c.lsn >= ? {extra} ORDER BY c.lsn LIMIT ?"""
+)
+# The rest of one transaction after ``lsn``: its changes are contiguous in LSN order
+# (one SQLite transaction), so the scan stops at the first change of another txid.
+_REST = (
+    "SELECT "
+    + _COLUMNS
+    + """ FROM _dosql_changes c JOIN _dosql_tx t ON t.txid = c.txid
+    WHERE c.lsn > ? ORDER BY c.lsn"""
+)
+_REST_CHUNK = 1000
 
 _schema_decoder = msgspec.msgpack.Decoder(protocol.TableSchema)
 
 
 def row_to_change(row: tuple) -> protocol.Change:
-    lsn, txid, commit_ts, tbl, op, key, before, after, schema = row
+    lsn, txid, commit_ts, tbl, op, key, before, after, schema, gtid, parts = row
     dec = msgspec.msgpack.decode
     return protocol.Change(
         lsn=lsn,
@@ -45,19 +61,62 @@ def row_to_change(row: tuple) -> protocol.Change:
         before=dec(before) if before is not None else None,
         after=dec(after) if after is not None else None,
         schema=_schema_decoder.decode(schema) if schema is not None else None,
+        gtid=gtid,
+        parts=parts.split(",") if parts else None,
     )
 
 
 def read_changes(
-    conn: sqlite3.Connection, from_lsn: int, limit: int, table: str | None = None
+    conn: sqlite3.Connection,
+    from_lsn: int,
+    limit: int,
+    table: str | None = None,
+    *,
+    whole_distributed: bool = False,
 ) -> list[protocol.Change]:
-    """Committed changes with ``lsn >= from_lsn`` in LSN order (shared with ``dosql changes``)."""
+    """Committed changes with ``lsn >= from_lsn`` in LSN order (shared with ``dosql changes``).
+
+    ``whole_distributed``: if the ``limit`` cut falls inside a distributed
+    transaction (``parts`` naming 2+ shards), read on to its last change, so a
+    reader (the CDC streamer) never hands on part of one: the lake takes a
+    batch's end for the end of every distributed part in it, to commit all parts
+    of a transaction in one snapshot. The result may then exceed ``limit`` by the
+    size of that transaction's part. Local transactions are still cut at
+    ``limit`` (a huge one must not become one huge batch: the lake's buffer bound
+    and backpressure work in batches). Call inside a read transaction.
+    """
     if table is None:
         rows = conn.execute(_READ.format(extra=""), (from_lsn, limit)).fetchall()
     else:
         rows = conn.execute(_READ.format(extra="AND c.tbl = ?"), (from_lsn, table, limit))
         rows = rows.fetchall()
+    if whole_distributed and rows and len(rows) >= limit and _distributed(rows[-1][-1]):
+        rows.extend(_rest_of_transaction(conn, rows[-1][0], rows[-1][1], table))
     return [row_to_change(r) for r in rows]
+
+
+def _distributed(parts: str | None) -> bool:
+    return bool(parts) and len(set(parts.split(","))) >= 2
+
+
+def _rest_of_transaction(
+    conn: sqlite3.Connection, lsn: int, txid: int, table: str | None
+) -> list[tuple]:
+    """The changes of transaction ``txid`` after ``lsn`` (of ``table`` only, if given)."""
+    out: list[tuple] = []
+    cur = conn.execute(_REST, (lsn,))
+    try:
+        while True:
+            chunk = cur.fetchmany(_REST_CHUNK)
+            for row in chunk:
+                if row[1] != txid:
+                    return out
+                if table is None or row[3] == table:
+                    out.append(row)
+            if len(chunk) < _REST_CHUNK:
+                return out
+    finally:
+        cur.close()
 
 
 def lsn_bounds(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -93,14 +152,34 @@ class ChangeLog:
 
     # ------------------------------------------------------------------ contract API
 
-    def read(self, from_lsn: int, limit: int, table: str | None = None) -> list[protocol.Change]:
-        """Committed changes from ``from_lsn`` (inclusive), at most ``limit``, in LSN order."""
+    def read(
+        self,
+        from_lsn: int,
+        limit: int,
+        table: str | None = None,
+        *,
+        whole_distributed: bool = False,
+    ) -> list[protocol.Change]:
+        """Committed changes from ``from_lsn`` (inclusive), at most ``limit``, in LSN order
+        (``whole_distributed``: past ``limit`` to the end of a distributed transaction's
+        part the cut would split)."""
         with self._read_lock:
             self._reader.execute("BEGIN")
             try:
-                return read_changes(self._reader, max(int(from_lsn), 0), max(int(limit), 0), table)
+                return read_changes(
+                    self._reader,
+                    max(int(from_lsn), 0),
+                    max(int(limit), 0),
+                    table,
+                    whole_distributed=whole_distributed,
+                )
             finally:
                 self._reader.execute("COMMIT")
+
+    def read_batch(self, from_lsn: int, limit: int) -> list[protocol.Change]:
+        """A CDC batch: about ``limit`` changes, never part of a distributed
+        transaction's part (see :func:`read_changes`)."""
+        return self.read(from_lsn, limit, whole_distributed=True)
 
     def current_lsn(self) -> int:
         with self._state_lock:
@@ -130,6 +209,10 @@ class ChangeLog:
                         "DELETE FROM _dosql_tx WHERE txid < coalesce("
                         "(SELECT min(txid) FROM _dosql_changes), "
                         "(SELECT max(txid) FROM _dosql_tx))"
+                    )
+                    conn.execute(
+                        "DELETE FROM _dosql_outcomes WHERE decided_at < ?",
+                        (int(time.time()) - OUTCOME_RETENTION_S,),
                     )
                     current, oldest = lsn_bounds(conn)
                     conn.execute("COMMIT")

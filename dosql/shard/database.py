@@ -143,6 +143,9 @@ class ConnState:
     dropped: set[str] = field(default_factory=set)  # tables named by DROP TABLE
     denied: tuple[str, str] | None = None  # (code, message) of the last authorizer refusal
     inserted: bool = False  # the statement itself inserts (so its lastrowid means something)
+    # Per session transaction, reset by Shard.begin(): its DDL statements as (sql, params,
+    # max lsn before, max lsn after), for the redo record of a prepare (redo.py).
+    ddl_log: list[tuple[str, Any, int, int]] = field(default_factory=list)
 
     def begin_statement(self) -> None:
         self.ddl_seen = False

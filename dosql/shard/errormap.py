@@ -59,15 +59,21 @@ def map_error(exc: BaseException, state: ConnState | None = None) -> DoSQLError:
             return ConflictError(message, code="UNIQUE_CONSTRAINT")
         return ConflictError(message, code="CONSTRAINT_VIOLATION")
     if name == "SQLITE_BUSY_SNAPSHOT":
-        return StorageError(
+        # Not a lock wait: waiting longer cannot help, the snapshot is stale.
+        return ConflictError(
             "another session committed a write after this transaction started reading, so it "
             "cannot write: roll back and retry, and begin write transactions with "
             'mode="immediate" (BEGIN IMMEDIATE)',
-            code="DATABASE_LOCKED",
+            code="TRANSACTION_CONFLICT",
         )
     if name.startswith("SQLITE_BUSY") or name.startswith("SQLITE_LOCKED"):
+        # Writers queue in writelock.py, so SQLite's own lock is busy only when
+        # something outside that queue (another process on the file, the shard's
+        # maintenance) held it for all of busy_timeout_ms.
         return StorageError(
-            f"{message}: another transaction holds the write lock; retry later",
+            f"{message}: SQLite's write lock stayed busy for busy_timeout_ms (held outside "
+            "the shard's writer queue, e.g. by another process on the database file); retry "
+            "later, or raise busy_timeout_ms (env DOSQL_BUSY_TIMEOUT_MS)",
             code="DATABASE_LOCKED",
         )
     if any(name.startswith(s) for s in _STORAGE) or name == "SQLITE_READONLY":

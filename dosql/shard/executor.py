@@ -2,14 +2,15 @@
 
 Transactions are the shard's, never SQLite's implicit ones: a statement
 outside a session transaction runs inside ``BEGIN`` … ``COMMIT`` issued by
-the shard. That BEGIN is deferred on purpose: a single write statement takes
-the write lock at its first step (waiting ``busy_timeout`` like BEGIN
-IMMEDIATE would) while a read-only statement never takes it, so readers
-outside transactions never queue behind a writer. Session transactions use
-BEGIN IMMEDIATE when asked (``Begin(mode="immediate")`` or SQL ``BEGIN
-IMMEDIATE``/``EXCLUSIVE``) and a deferred BEGIN otherwise; a deferred
-transaction that reads, then writes after another session committed, gets
-``DATABASE_LOCKED`` (SQLite's snapshot rule) — write transactions should
+the shard. Writers first queue for the shard's write lock on the trio side
+(:mod:`dosql.shard.writelock`: FIFO, bounded by ``lock_timeout_ms``): an
+autocommit write statement for its length, a session transaction from its
+BEGIN IMMEDIATE (``Begin(mode="immediate")`` or SQL ``BEGIN
+IMMEDIATE``/``EXCLUSIVE``) or, when it began deferred, from its first write
+statement, to its end. Holding it, they find SQLite's lock free. Reads take
+nothing and never queue behind a writer (WAL). A deferred transaction that
+reads, then writes after another session committed, gets
+``TRANSACTION_CONFLICT`` (SQLite's snapshot rule) — write transactions should
 begin immediate.
 
 Before every COMMIT of a transaction that captured changes the shard writes
@@ -35,10 +36,12 @@ import trio
 from dosql import protocol
 from dosql.config import ShardConfig
 from dosql.errors import StorageError
-from dosql.shard import capture
+from dosql.shard import capture, redo
 from dosql.shard.changelog import ChangeLog, lsn_bounds
 from dosql.shard.database import TRIGGER_PREFIX, ConnState, open_connection
 from dosql.shard.decltypes import decltypes
+from dosql.shard.prepared import PreparedTx, TwoPhase
+from dosql.shard.writelock import WriteLock
 from dosql.statements import kind
 
 Emit = Callable[[protocol.Result], None]
@@ -90,6 +93,7 @@ class Shard:
         self._all: list[ConnState] = []
         self._slots: trio.Semaphore | None = None
         self.limiter = trio.CapacityLimiter(MAX_CONNECTIONS + 8)
+        self.writelock = WriteLock(shard_id)  # writers queue here, not in SQLite's busy handler
         self.open_transactions = 0
         self.sessions = 0
         admin = self._open()
@@ -98,6 +102,8 @@ class Shard:
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
         self.changelog = ChangeLog(reader, self._open())
+        self.twophase = TwoPhase(self)  # prepared transactions (two-phase commit)
+        self.twophase.recover()
 
     # ------------------------------------------------------------------ setup
 
@@ -105,6 +111,17 @@ class Shard:
         state = open_connection(self.path, self.cfg, self.allocate_txid)
         self._all.append(state)
         return state
+
+    def open_connection(self) -> ConnState:
+        """A connection outside the pool (a redone prepared transaction's; see discard)."""
+        return self._open()
+
+    def discard(self, state: ConnState) -> None:
+        """Close a connection that is not going back to the pool."""
+        self._rollback_quietly(state)
+        if state in self._all:
+            self._all.remove(state)
+        state.conn.close()
 
     def _startup(self, state: ConnState) -> None:
         """Create internal tables, load counters, reconcile triggers with the schema."""
@@ -135,16 +152,50 @@ class Shard:
             self._next_txid += 1
             return self._next_txid
 
-    def next_commit_ts(self) -> int:
+    def next_commit_ts(self, chosen: int | None = None) -> int:
+        """``max(now, previous)``; or the router's ``chosen`` one for a two-phase commit.
+
+        A chosen timestamp is at least every participant's last one (the router
+        takes the max of what Prepare reported, and the prepared transaction
+        kept the write lock since), so the order along LSNs still holds.
+        """
         with self._lock:
-            ts = max(time.time_ns() // 1000, self._last_commit_ts)
+            ts = max(time.time_ns() // 1000 if chosen is None else chosen, self._last_commit_ts)
             self._last_commit_ts = ts
             return ts
 
+    @property
+    def last_commit_ts(self) -> int:
+        return self._last_commit_ts
+
     # ------------------------------------------------------------------ pool (trio side)
 
-    async def acquire(self, *, read_only: bool, timeout: float | None = None) -> ConnState:
-        """A connection for one statement or one session transaction (waits for a free one)."""
+    async def acquire(
+        self, *, read_only: bool, timeout: float | None = None, write: bool = False
+    ) -> ConnState:
+        """A connection for one statement or one session transaction (waits for a free one).
+
+        ``write=True`` first queues for the shard's write lock (FIFO, bounded by
+        ``lock_timeout_ms``; see writelock.py), then takes the connection, which
+        becomes the lock's holder until :meth:`release` — so a queued writer
+        does not pin one of the pooled connections while it waits.
+        """
+        ticket = object() if write else None
+        if ticket is not None:
+            await self.writelock.acquire(ticket, timeout=self.cfg.lock_timeout_ms / 1000)
+        try:
+            state = await self._connection(timeout)
+        except BaseException:
+            if ticket is not None:
+                self.writelock.release(ticket)
+            raise
+        if ticket is not None:
+            self.writelock.transfer(ticket, state)
+        state.read_only = read_only
+        state.txid = None
+        return state
+
+    async def _connection(self, timeout: float | None) -> ConnState:
         if self._slots is None:
             self._slots = trio.Semaphore(MAX_CONNECTIONS)
         wait = timeout if timeout is not None else self.cfg.query_timeout_ms / 1000
@@ -157,17 +208,26 @@ class Shard:
                 code="DATABASE_LOCKED",
             )
         try:
-            state = self._free.pop() if self._free else await trio.to_thread.run_sync(self._open)
+            return self._free.pop() if self._free else await trio.to_thread.run_sync(self._open)
         except BaseException:
             self._slots.release()
             raise
-        state.read_only = read_only
-        state.txid = None
-        return state
+
+    async def lock_for_write(self, state: ConnState) -> None:
+        """Queue a deferred session transaction for the write lock before its first write."""
+        await self.writelock.acquire(state, timeout=self.cfg.lock_timeout_ms / 1000)
 
     def release(self, state: ConnState) -> None:
+        """Back to the pool: roll back what is still open, then free the write lock.
+
+        Every path out of a statement or transaction (commit, rollback, error,
+        timeout, session closed) ends here, so the write lock cannot leak. A
+        prepared two-phase-commit transaction simply does not release its
+        connection until its decision is applied.
+        """
         if state.conn.in_transaction:  # never hand out a connection with a transaction open
             self._rollback_quietly(state)
+        self.writelock.release(state)
         state.read_only = False
         state.internal = False
         self._free.append(state)
@@ -178,21 +238,32 @@ class Shard:
 
     def begin(self, state: ConnState, immediate: bool) -> None:
         state.txid = None
+        state.ddl_log = []
         state.internal = True
         try:
             state.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         finally:
             state.internal = False
 
-    def commit(self, state: ConnState, *, notify: bool = True) -> int | None:
+    def commit(
+        self,
+        state: ConnState,
+        *,
+        notify: bool = True,
+        gtid: str | None = None,
+        parts: list[str] | None = None,
+        commit_ts: int | None = None,
+    ) -> int | None:
         """COMMIT (writing the transaction's _dosql_tx row); returns its last LSN if it logged.
 
         ``notify=False`` leaves waking the change-log waiters to the caller (the
-        trio side does it without a thread hop).
+        trio side does it without a thread hop). ``gtid``/``parts``/``commit_ts``:
+        the router's id of the transaction, its participants and the commit
+        timestamp they all share (two-phase commit; see prepared.py).
         """
         state.internal = True
         try:
-            lsn = self._finish(state)
+            lsn = self._finish(state, gtid, parts, commit_ts)
         except BaseException:
             self._rollback_quietly(state)
             raise
@@ -203,17 +274,52 @@ class Shard:
             self.changelog.committed(lsn)
         return lsn
 
-    def _finish(self, state: ConnState) -> int | None:
+    def _finish(
+        self,
+        state: ConnState,
+        gtid: str | None = None,
+        parts: list[str] | None = None,
+        commit_ts: int | None = None,
+    ) -> int | None:
+        """Write the transaction's bookkeeping rows and COMMIT.
+
+        A transaction with a ``gtid`` also leaves an outcome row
+        (``_dosql_outcomes``), kept after the change log is purged, so the
+        shard can answer "did it commit?" for days (prepared.py).
+        """
         conn = state.conn
         lsn = None
         if state.txid is not None:
+            ts = self.next_commit_ts(commit_ts)
+            joined = ",".join(parts) if parts else None
             conn.execute(
-                "INSERT INTO _dosql_tx(txid, commit_ts) VALUES (?, ?)",
-                (state.txid, self.next_commit_ts()),
+                "INSERT INTO _dosql_tx(txid, commit_ts, gtid, parts) VALUES (?, ?, ?, ?)",
+                (state.txid, ts, gtid, joined),
             )
+            if gtid is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO _dosql_outcomes(gtid, commit_ts, parts, decided_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (gtid, ts, joined, int(time.time())),
+                )
             lsn = lsn_bounds(conn)[0]
         conn.execute("COMMIT")
         return lsn
+
+    def run_internal(self, state: ConnState, sql: str, params: protocol.Params) -> None:
+        """Run one statement as a client statement inside ``state``'s transaction (redo's DDL)."""
+        self.execute(state, sql, params, lambda _chunk: None, 0, autocommit=False)
+
+    def finish_prepared(self, entry: PreparedTx) -> None:
+        """A decided prepared transaction: free its write lock and its connection (trio side)."""
+        if not entry.recovered:
+            self.release(entry.state)
+            return
+        self.writelock.release(entry.state)
+        self.discard(entry.state)
+        if entry.pooled:
+            assert self._slots is not None
+            self._slots.release()
 
     def rollback(self, state: ConnState) -> None:
         state.internal = True
@@ -255,6 +361,8 @@ class Shard:
         if autocommit:
             self.begin(state, immediate=False)
         cur: sqlite3.Cursor | None = None
+        # DDL in a session transaction is remembered for a prepare's redo record (redo.py).
+        ddl_from = redo.max_lsn(state.conn) if not autocommit and kind(sql) == "ddl" else None
         try:
             cur = self._run_user(state, sql, params, many)
             if state.ddl_seen:
@@ -263,6 +371,8 @@ class Shard:
                     capture.sync_schema(state.conn, state.altered)
                 finally:
                     state.internal = False
+                if ddl_from is not None and many is None:
+                    state.ddl_log.append((sql, params, ddl_from, redo.max_lsn(state.conn)))
             rows: list[list[Any]] = []
             columns: list[str] | None = []  # statements without result columns
             decl: list[str | None] | None = None
@@ -408,6 +518,7 @@ class Shard:
                 pass
         try:
             self.changelog.close()
+            self.twophase.close()
         except sqlite3.Error:
             pass
         first = True

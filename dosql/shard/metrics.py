@@ -35,6 +35,18 @@ class ShardMetrics:
             "dosql_active_transactions", "Open session transactions", registry=r
         )
         self.active_transactions.set_function(lambda: shard.open_transactions)
+        self.prepared_transactions = Gauge(
+            "dosql_prepared_transactions",
+            "Prepared (two-phase commit) transactions waiting for their decision",
+            ["orphaned"],
+            registry=r,
+        )
+        for orphaned in (False, True):
+            self.prepared_transactions.labels(str(orphaned).lower()).set_function(
+                lambda o=orphaned: sum(
+                    1 for e in list(shard.twophase.entries.values()) if e.orphaned is o
+                )
+            )
         self.connection_count = Gauge(
             "dosql_connection_count", "Open WebSocket connections", registry=r
         )
@@ -61,6 +73,17 @@ class ShardMetrics:
             ["path"],
             registry=r,
         )
+        self.lock_wait = Histogram(
+            "dosql_write_lock_wait_ms",
+            "Time a writer queued for the shard's write lock, in milliseconds",
+            buckets=(0,) + _BUCKETS,
+            registry=r,
+        )
+        shard.writelock.observe = self.lock_wait.observe
+        self.lock_waiters = Gauge(
+            "dosql_write_lock_waiters", "Writers queued for the shard's write lock", registry=r
+        )
+        self.lock_waiters.set_function(lambda: shard.writelock.waiting)
         self.current_lsn = Gauge("dosql_current_lsn", "Highest committed LSN", registry=r)
         self.current_lsn.set_function(shard.changelog.current_lsn)
         self._last_lsn = shard.changelog.current_lsn()

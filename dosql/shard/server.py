@@ -65,6 +65,7 @@ async def serve(
             "oldest_lsn": cl.oldest_lsn(),
             "sessions": shard.sessions,
             "open_transactions": shard.open_transactions,
+            "prepared_transactions": shard.twophase.listing(),  # two-phase commit, in doubt
             "db_bytes": db,
             "wal_bytes": wal,
             "lake_url": lake_url,

@@ -21,6 +21,13 @@ was no transaction to end); Ping -> Ok(info={"shard"}); ReadChanges ->
 Changes; LsnInfo and ReleaseChanges -> Ok(info={"current_lsn",
 "oldest_lsn"}); MetaGet -> Ok(info={"values": {key: value}}); MetaSet -> Ok.
 MetaGet, MetaSet and ReleaseChanges need admin scope.
+
+Two-phase commit (prepared.py): Prepare -> Ok(info={"read_only"} or
+{"last_commit_ts"}); the prepared transaction leaves the session, which may
+begin another, and is decided from any admin session by CommitPrepared /
+AbortPrepared; TxStatus and ListPrepared tell what is prepared or decided.
+A session that ends with a prepared transaction leaves it orphaned, never
+rolled back.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ from websockets.exceptions import ConnectionClosed
 
 from dosql import logs, protocol
 from dosql.errors import AuthorizationError, DoSQLError, QueryError, ValidationError
-from dosql.shard import inline
+from dosql.shard import inline, sequences
 from dosql.shard.database import ConnState
 from dosql.shard.errormap import map_error
 from dosql.shard.executor import Shard, StatementOutcome
 from dosql.shard.metrics import ShardMetrics
+from dosql.shard.writelock import takes_write_lock
 from dosql.statements import kind
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,7 @@ class Session:
             return
         finally:
             self.shard.sessions -= 1
+            self.shard.twophase.orphan(self)  # its prepared transactions wait for a decision
             with trio.CancelScope(shield=True):
                 await self.end_transaction(commit=False)
 
@@ -120,8 +129,25 @@ class Session:
             await self.begin(m.mode == "immediate")
             await self.send(protocol.Ok(m.id))
         elif isinstance(m, protocol.Commit | protocol.Rollback):
-            had = await self.end_transaction(commit=isinstance(m, protocol.Commit))
+            commit = isinstance(m, protocol.Commit)
+            gtid = m.gtid if isinstance(m, protocol.Commit) else None
+            had = await self.end_transaction(commit=commit, gtid=gtid)
             await self.send(protocol.Ok(m.id, info={} if had else {"noop": True}))
+        elif isinstance(m, protocol.Prepare):
+            await self.send(protocol.Ok(m.id, info=await self.prepare(m.gtid, m.candidates)))
+        elif isinstance(m, protocol.CommitPrepared | protocol.AbortPrepared):
+            self.require_admin(type(m).__name__)
+            await self.send(protocol.Ok(m.id, info=await self.decide(m)))
+        elif isinstance(m, protocol.TxStatus):
+            self.require_admin("TxStatus")
+            tp = self.shard.twophase
+            info = await trio.to_thread.run_sync(
+                tp.status, m.gtid, m.fence, limiter=self.shard.limiter
+            )
+            await self.send(protocol.Ok(m.id, info=info))
+        elif isinstance(m, protocol.ListPrepared):
+            self.require_admin("ListPrepared")
+            await self.send(protocol.Ok(m.id, info={"prepared": self.shard.twophase.listing()}))
         elif isinstance(m, protocol.Ping):
             await self.send(protocol.Ok(m.id, info={"shard": self.shard.shard_id}))
         elif isinstance(m, protocol.ReadChanges):
@@ -136,8 +162,15 @@ class Session:
             await self.send(protocol.Ok(m.id, info={"values": values}))
         elif isinstance(m, protocol.MetaSet):
             self.require_admin("MetaSet")
-            await self.with_connection(lambda s: self.shard.meta_set(s, m.key, m.value))
+            await self.with_connection(lambda s: self.shard.meta_set(s, m.key, m.value), write=True)
             await self.send(protocol.Ok(m.id))
+        elif isinstance(m, protocol.ReserveIds):  # sequence blocks: dosql/shard/sequences.py
+            self.require_admin("ReserveIds")
+            store = sequences.store_for(self.shard.path, self.shard.cfg.busy_timeout_ms)
+            start, stop = await trio.to_thread.run_sync(
+                store.reserve, m.name, m.count, m.floor, limiter=self.shard.limiter
+            )
+            await self.send(protocol.Ok(m.id, info={"start": start, "stop": stop}))
         elif isinstance(m, protocol.ReleaseChanges):
             self.require_admin("ReleaseChanges")
             cl = self.shard.changelog
@@ -147,7 +180,8 @@ class Session:
         else:
             raise ValidationError(
                 f"{type(m).__name__} is not a request a shard serves: send Execute, ExecuteMany, "
-                "Begin, Commit, Rollback, Ping, ReadChanges, LsnInfo, MetaGet, MetaSet or "
+                "Begin, Commit, Rollback, Prepare, CommitPrepared, AbortPrepared, TxStatus, "
+                "ListPrepared, Ping, ReadChanges, LsnInfo, MetaGet, MetaSet, ReserveIds or "
                 "ReleaseChanges",
                 code="INVALID_MESSAGE",
             )
@@ -169,9 +203,11 @@ class Session:
                 "BEGIN IMMEDIATE takes the write lock: read-only scope may only BEGIN (deferred)",
                 code="READ_ONLY",
             )
-        state = await self.shard.acquire(read_only=self.read_only)
+        # IMMEDIATE: queue for the shard's write lock first (FIFO, lock_timeout_ms);
+        # the connection then holds it until the transaction ends (Shard.release).
+        state = await self.shard.acquire(read_only=self.read_only, write=immediate)
         try:
-            if immediate:  # waits for the write lock: on a thread
+            if immediate:  # SQLite's lock is free for the holder, but BEGIN does I/O: a thread
                 await trio.to_thread.run_sync(
                     self.shard.begin, state, immediate, limiter=self.shard.limiter
                 )
@@ -185,8 +221,12 @@ class Session:
         self.tx = state
         self.shard.open_transactions += 1
 
-    async def end_transaction(self, *, commit: bool) -> bool:
-        """Commit or roll back the session transaction; False if there was none."""
+    async def end_transaction(self, *, commit: bool, gtid: str | None = None) -> bool:
+        """Commit or roll back the session transaction; False if there was none.
+
+        A commit with the router's ``gtid`` is recorded under it and refused
+        when a recovery fenced that gtid (prepared.py).
+        """
         state = self.tx
         if state is None:
             return False
@@ -194,8 +234,14 @@ class Session:
         self.shard.open_transactions -= 1
         try:
             if commit:
+                tp = self.shard.twophase
                 lsn = await trio.to_thread.run_sync(
-                    lambda: self.shard.commit(state, notify=False), limiter=self.shard.limiter
+                    lambda: (
+                        tp.commit_one_phase(state, gtid)
+                        if gtid is not None
+                        else self.shard.commit(state, notify=False)
+                    ),
+                    limiter=self.shard.limiter,
                 )
                 self.committed(lsn)
             else:
@@ -207,6 +253,59 @@ class Session:
         finally:
             self.shard.release(state)
         return True
+
+    # ------------------------------------------------------------------ two-phase commit
+
+    async def prepare(self, gtid: str, candidates: list[str]) -> dict[str, Any]:
+        """Phase 1 for the session transaction (see prepared.py).
+
+        Prepared, the transaction leaves the session (which can begin another)
+        and keeps its connection and write lock until it is decided. Read-only,
+        it simply ends. If the prepare fails, the transaction is rolled back.
+        """
+        state = self.tx
+        if state is None:
+            raise QueryError(
+                "no transaction is open in this session: nothing to prepare",
+                code="TRANSACTION_STATE",
+            )
+        if self.read_only:
+            raise AuthorizationError("Prepare needs a write token", code="READ_ONLY")
+        tp = self.shard.twophase
+        try:
+            info = await trio.to_thread.run_sync(
+                tp.prepare, state, gtid, candidates, self, limiter=self.shard.limiter
+            )
+        except Exception as exc:
+            with trio.CancelScope(shield=True):
+                await self.end_transaction(commit=False)
+            err = exc if isinstance(exc, DoSQLError) else map_error(exc, state)
+            err.details["transaction_rolled_back"] = True
+            raise err from None
+        self.tx = None
+        self.shard.open_transactions -= 1
+        if info.get("read_only"):
+            self.shard.release(state)
+        return info
+
+    async def decide(self, m: protocol.CommitPrepared | protocol.AbortPrepared) -> dict[str, Any]:
+        """Phase 2 for a prepared transaction, from any session (the router's, or its resolver)."""
+        tp = self.shard.twophase
+        if isinstance(m, protocol.AbortPrepared):
+            entry = await trio.to_thread.run_sync(tp.abort, m.gtid, limiter=self.shard.limiter)
+            if entry is not None:
+                self.shard.finish_prepared(entry)
+            return {} if entry is not None else {"noop": True}
+        try:
+            entry, lsn, info = await trio.to_thread.run_sync(
+                tp.commit, m.gtid, m.commit_ts, m.parts, limiter=self.shard.limiter
+            )
+        except Exception as exc:
+            raise map_error(exc, None) from None
+        if entry is not None:
+            self.shard.finish_prepared(entry)
+            self.committed(lsn)
+        return info
 
     # ------------------------------------------------------------------ statements
 
@@ -232,10 +331,14 @@ class Session:
             for p in many:
                 protocol.check_params(p)
         timeout = (timeout_ms or self.shard.cfg.query_timeout_ms) / 1000
+        write = not self.read_only and (many is not None or takes_write_lock(sql))
         if self.tx is not None:
+            if write and not self.shard.writelock.holds(self.tx):
+                await self.shard.lock_for_write(self.tx)  # a deferred transaction's first write
             await self.run_statement(self.tx, request_id, sql, params, timeout, many, False)
             return
-        state = await self.shard.acquire(read_only=self.read_only, timeout=timeout)
+        # An autocommit write queues for the write lock for the length of the statement.
+        state = await self.shard.acquire(read_only=self.read_only, timeout=timeout, write=write)
         try:
             if many is None and await self.read_inline(state, request_id, sql, params):
                 return
@@ -288,7 +391,7 @@ class Session:
             finally:
                 state.internal = False
 
-        await self.with_connection(run)
+        await self.with_connection(run, write=True)
         await self.send(protocol.Result(request_id, [], True, [], None, -1, None))
 
     async def run_statement(
@@ -376,10 +479,10 @@ class Session:
             self.shard.changelog.committed(lsn)
             self.metrics.observe_commit(lsn)
 
-    async def with_connection(self, fn: Any) -> Any:
+    async def with_connection(self, fn: Any, *, write: bool = False) -> Any:
         if self.tx is not None:
             return await trio.to_thread.run_sync(fn, self.tx, limiter=self.shard.limiter)
-        state = await self.shard.acquire(read_only=self.read_only)
+        state = await self.shard.acquire(read_only=self.read_only, write=write)
         try:
             return await trio.to_thread.run_sync(fn, state, limiter=self.shard.limiter)
         except Exception as exc:

@@ -7,8 +7,10 @@ no state of its own: after any reconnect (its own restart, the lake's, a
 dropped connection) it resumes from the lake's committed watermark, and the
 lake skips what it already has -- so nothing is lost or duplicated.
 
-- Batches: whatever is available up to ``CDC_BATCH_SIZE`` changes is sent at
-  once (low latency, so a flush right after a write sees it); when the log is
+- Batches: whatever is available up to ``CDC_BATCH_SIZE`` changes, extended
+  to the end of a distributed transaction's part the limit would split (a batch
+  never splits one: the lake takes a batch's end for the end of the parts in it), is
+  sent at once (low latency, so a flush right after a write sees it); when the log is
   drained the streamer waits for a new change, re-checking at least every
   ``CDC_BATCH_TIMEOUT_MS``.
 - ``buffer_full`` nack: back off (``retry_after_ms``, at least
@@ -168,13 +170,20 @@ class _Stream:
             except trio.EndOfChannel:
                 raise CDCError("the lake closed the CDC connection") from None
 
+    def read(self, next_lsn: int) -> list[Any]:
+        """The next batch, never ending inside a distributed transaction's part: the
+        lake holds a distributed transaction back until every participant's part has
+        arrived, and takes a part as whole once a batch holding it ended."""
+        read_batch = getattr(self.changelog, "read_batch", None)
+        if read_batch is not None:
+            return read_batch(next_lsn, self.cdc.batch_size)
+        return self.changelog.read(next_lsn, self.cdc.batch_size)  # a log without the method
+
     async def stream(self, ws: Any, next_lsn: int) -> None:
         attempt = 0
         wait_s = self.cdc.batch_timeout_ms / 1000
         while True:
-            changes = await trio.to_thread.run_sync(
-                self.changelog.read, next_lsn, self.cdc.batch_size
-            )
+            changes = await trio.to_thread.run_sync(self.read, next_lsn)
             if not changes:
                 with trio.move_on_after(wait_s):
                     await self.changelog.wait_for_change(next_lsn - 1)

@@ -8,7 +8,7 @@ import pytest
 
 import dosql
 from dosql.cluster import LocalCluster
-from dosql.errors import RPCError
+from dosql.errors import RPCError, TransactionAbortedError
 from tests.router.client import Client, http_json
 from tests.router.conftest import quickstart_vschema, write_config
 
@@ -78,7 +78,8 @@ def test_killed_shard_fails_fast_and_comes_back(cluster):
         assert status == 200
 
 
-def test_failed_commit_names_committed_shards(cluster):
+def test_a_shard_dying_before_commit_rolls_back_every_shard(cluster):
+    """Regression: COMMIT used to commit shard-0 and then fail on the dead shard."""
     victim = "shard-3"
     first = key_on(cluster, "shard-0")
     doomed = key_on(cluster, victim)
@@ -89,9 +90,11 @@ def test_failed_commit_names_committed_shards(cluster):
         cluster.kill_shard(victim)
         with pytest.raises(RPCError) as info:
             cl.commit()
-        assert info.value.details["committed"] == ["shard-0"]
+        assert info.value.details["committed"] == []
         assert info.value.details["failed_shard"] == victim
-        assert "shard-0" in info.value.message and victim in info.value.message
+        assert info.value.details["transaction_rolled_back"] is True
+        assert victim in info.value.message and "rolled back on every shard" in info.value.message
+        cl.rollback()  # a failed COMMIT leaves the session aborted until ROLLBACK
         cluster.start_shard(victim)
         deadline = time.monotonic() + 10
         while True:
@@ -101,7 +104,7 @@ def test_failed_commit_names_committed_shards(cluster):
             except RPCError:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
-        assert names == [("tx-a",)]  # committed on shard-0; rolled back on the dead shard
+        assert names == []  # atomic: neither shard kept its part
 
 
 def test_reference_reads_survive_a_dead_shard(cluster):
@@ -132,7 +135,9 @@ def test_lost_shard_session_rolls_back_the_transaction(cluster):
                 cl.execute("UPDATE users SET name = 'lost-b2' WHERE tenant_id = ?", [b])
             assert info.value.details.get("transaction_rolled_back") is True
             assert "rolled back" in info.value.message
-            assert cl.commit().info == {"noop": True}  # nothing left to commit
+            with pytest.raises(TransactionAbortedError):  # refused until ROLLBACK
+                cl.commit()
+            assert cl.rollback().info["ended"] == "aborted"
             assert cl.rows("SELECT name FROM users WHERE tenant_id = ?", [a]) == [(f"u{a}",)]
         finally:
             cluster.start_shard(victim)

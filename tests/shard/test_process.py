@@ -287,7 +287,7 @@ def test_deferred_transaction_that_lost_its_snapshot_gets_a_clear_error(
         a.begin()  # deferred
         assert a.execute("SELECT v FROM t").rows == [[0]]  # snapshot taken
         b.execute("UPDATE t SET v = 1")  # another session commits meanwhile
-        exc = expect_error(lambda: a.execute("UPDATE t SET v = 2"), "DATABASE_LOCKED")
+        exc = expect_error(lambda: a.execute("UPDATE t SET v = 2"), "TRANSACTION_CONFLICT")
         assert "immediate" in exc.message
         a.rollback()
         a.begin("immediate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,17 @@ def test_with_table_accepts_equal_named_vindex_from_another_load() -> None:
     assert "'tenant'" in info.value.message
     with pytest.raises(ValidationError):
         vs.with_table("x", "not a table")  # type: ignore[arg-type]
+
+
+def test_auto_increment_round_trips_through_builders_toml_and_back() -> None:
+    V = vschema
+
+    table = V.sharded_table("id", V.hash_vindex(), auto_increment=V.AutoIncrement("id", "item_seq"))
+    vs = V.create_vschema({"items": table}, [V.shard("s0"), V.shard("s1")])
+    again = V.from_dict(vs.to_dict())
+    assert again.tables["items"].auto_increment == V.AutoIncrement("id", "item_seq")
+    with pytest.raises(Exception, match="auto_increment is for sharded tables"):
+        V.create_vschema(
+            {"r": replace(V.reference_table(), auto_increment=V.AutoIncrement("id", "s"))},
+            [V.shard("s0")],
+        )
