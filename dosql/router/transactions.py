@@ -110,11 +110,14 @@ class Transaction:
             if not shards:
                 return {}
             tpc = TwoPhaseCommit(self.gtid, self.pools, self.conns, shards)
-            if len(shards) == 1:
-                return await tpc.one_phase()
-            if not self.atomic:
-                return await tpc.best_effort()
-            return await tpc.two_phase()
+            # Shielded: a client that leaves mid-COMMIT must not cut the protocol short
+            # (every step is bounded by the shard timeout and COMMIT_OUTCOME_WAIT_S).
+            with trio.CancelScope(shield=True):
+                if len(shards) == 1:
+                    return await tpc.one_phase()
+                if not self.atomic:
+                    return await tpc.best_effort()
+                return await tpc.two_phase()
         finally:
             self._release()
 
