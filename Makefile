@@ -38,3 +38,10 @@ fuzz: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .dosql-data .pytest_cache
+
+# Kill -9 at every two-phase-commit step under client load, repeated (make test: 1 round).
+.PHONY: jepsen
+jepsen: $(STAMP)
+	DOSQL_JEPSEN_ROUNDS=$${DOSQL_JEPSEN_ROUNDS:-5} \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 \
+		tests/router/test_atomic_commit.py tests/shard/test_prepared.py tests/router/test_resolver.py
