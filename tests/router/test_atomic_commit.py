@@ -22,6 +22,7 @@ import os
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -52,6 +53,7 @@ class History:
     ok: dict[int, str] = field(default_factory=dict)  # ledger id -> gtid
     failed: set[int] = field(default_factory=set)
     unknown: dict[int, str | None] = field(default_factory=dict)
+    codes: Counter[str] = field(default_factory=Counter)  # why transactions failed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -85,6 +87,7 @@ def worker(url: str, seed: int, next_id: list[int], hist: History, stop: threadi
                 hist.ok[lid] = info.get("gtid") or gtid or ""
         except DoSQLError as exc:
             with hist.lock:
+                hist.codes[f"{stage}:{exc.code}"] += 1
                 if stage == "commit" and exc.code == "COMMIT_OUTCOME_UNKNOWN":
                     hist.unknown[lid] = exc.details.get("gtid") or gtid
                 else:
@@ -231,5 +234,6 @@ def check(cluster: LocalCluster, hist: History) -> None:
             assert len(by_gtid[gtid]) == 1, f"{gtid} committed with different timestamps"
     print(
         f"jepsen: ok={len(hist.ok)} failed={len(hist.failed)} unknown={len(hist.unknown)} "
-        f"(resolved: {sum(1 for o in outcomes.values() if o == 'committed')} committed)"
+        f"(resolved: {sum(1 for o in outcomes.values() if o == 'committed')} committed); "
+        f"errors: {dict(hist.codes.most_common())}"
     )
