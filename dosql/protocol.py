@@ -386,6 +386,11 @@ def decode(data: bytes | str) -> AnyMessage:
         return _decoder.decode(data)
     except msgspec.DecodeError as exc:
         raise ValidationError(f"malformed message: {exc}", code="INVALID_MESSAGE") from None
+    except RecursionError:  # arrays or maps nested thousands deep
+        raise ValidationError(
+            "malformed message: nested too deeply (parameters are flat SQLite values)",
+            code="INVALID_MESSAGE",
+        ) from None
 
 
 def check_params(params: Params) -> None:

@@ -59,7 +59,7 @@ def decode_full(text: object) -> tuple[dict[str, int], dict[str, set[int]]]:
         raise bad_position("unknown position version")
     try:
         doc = json.loads(raw[1:])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise bad_position("corrupt position body") from None
     extra: dict[str, set[int]] = {}
     if raw[0] == VERSION_EXTRA:

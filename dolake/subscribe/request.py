@@ -65,7 +65,7 @@ def parse(frame: str | bytes) -> Subscription:
             raise invalid("the subscribe message must be JSON text (UTF-8)") from None
     try:
         msg = json.loads(frame)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
         raise invalid(f"the subscribe message is not JSON ({exc}); send e.g. " + EXAMPLE) from None
     if not isinstance(msg, dict):
         raise invalid("the subscribe message must be a JSON object, e.g. " + EXAMPLE)

@@ -370,6 +370,9 @@ def test_bad_input_gets_typed_errors(cluster, client):
     client.ws.send(b"\xc1\xff garbage")
     reply = protocol.decode(client.ws.recv(timeout=10))
     assert isinstance(reply, protocol.Error) and reply.code == "INVALID_MESSAGE"
+    client.ws.send(b"\x83\xa1t\xa4exec\xa2id\x01\xa6params" + b"\x91" * 100_000 + b"\xc0")
+    reply = protocol.decode(client.ws.recv(timeout=10))
+    assert isinstance(reply, protocol.Error) and reply.code == "INVALID_MESSAGE"
     with pytest.raises(DoSQLError) as info:
         client.execute("SELECT * FROM users WHERE tenant_id = ?", [[1, 2]])
     assert info.value.code == "INVALID_PARAMETERS"

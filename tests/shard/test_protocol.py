@@ -212,6 +212,11 @@ def test_bad_frames_keep_the_connection_and_process(shard: ShardProcess) -> None
         assert err.code == "INVALID_MESSAGE" and err.id == 8
         c.ws.send("a text frame")
         assert c.recv().code == "INVALID_MESSAGE"
+        # Parameters nested 100,000 deep (regression: RecursionError closed the connection)
+        deep = b"\x84\xa1t\xa4exec\xa2id\x0a\xa3sql\xa1x\xa6params" + b"\x91" * 100_000 + b"\xc0"
+        c.ws.send(deep)
+        err = c.recv()
+        assert err.code == "INVALID_MESSAGE" and "nested too deeply" in err.message
         # A message the shard does not serve (valid protocol, wrong direction).
         c.send(protocol.Committed(shard="x", lsn=1))
         assert c.recv().code == "INVALID_MESSAGE"

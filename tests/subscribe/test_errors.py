@@ -63,6 +63,7 @@ CASES = [
     (json.dumps({"tables": "*", "snapshot": True, "start": "earliest"}), "INVALID_INPUT", "snap"),
     (json.dumps({"tables": "*", "bogus": 1}), "INVALID_INPUT", "bogus"),
     (b"\xff\x00\x01", "INVALID_INPUT", "UTF-8"),
+    ("[" * 100_000 + "]" * 100_000, "INVALID_INPUT", "not JSON"),  # was a RecursionError
 ]
 
 
