@@ -11,6 +11,7 @@ import trio
 
 from dosql import config as config_mod
 from dosql import logs
+from dosql.ownership import OwnerLock
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +33,16 @@ def run(args: argparse.Namespace) -> int:
     )
     from dolake.server import LakeServer
 
+    # One lake writer per lake: a second one would commit the same changes again.
+    owner = OwnerLock(Path(data_dir) / "lake" / "writer.lock", "lake writer").acquire()
     server = LakeServer(cfg, data_dir)
     tune_gc()
     host = args.host or cfg.lake.host
     port = cfg.lake.port if args.port is None else args.port
-    trio.run(server.serve, host, port)
+    try:
+        trio.run(server.serve, host, port)
+    finally:
+        owner.release()
     return 0
 
 

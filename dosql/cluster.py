@@ -31,6 +31,7 @@ from typing import IO, Any
 
 from dosql import config as config_mod
 from dosql.errors import RPCError
+from dosql.ownership import OwnerLock
 from vschema.tomlw import dumps as to_toml
 
 START_TIMEOUT_S = float(os.environ.get("DOSQL_START_TIMEOUT_S", "90"))
@@ -180,6 +181,8 @@ class LocalCluster:
         self._lake: _Process | None = None
         self._router: _Process | None = None
         self._stopped = False
+        # One cluster per data directory: a second `dosql up` on it fails, naming the first.
+        self._owner = OwnerLock(self.data_dir / "cluster.lock", "a dosql cluster")
         atexit.register(self.stop)
         try:
             self._start()
@@ -217,6 +220,7 @@ class LocalCluster:
         tmp.replace(self.cluster_config)
 
     def _start(self) -> None:
+        self._owner.acquire()
         for sub in ("shards", "logs", "lake"):
             (self.data_dir / sub).mkdir(parents=True, exist_ok=True)
         self._write_config()
@@ -238,6 +242,7 @@ class LocalCluster:
         self._router.launch()
         self._router_port = self._router.wait_ready()
         self.url = f"dosql://127.0.0.1:{self._router_port}"
+        self._owner.describe(address=self.url)
 
     def _new_router(self, port: int, env: dict[str, str] | None = None) -> _Process:
         argv = self._python(
@@ -405,6 +410,7 @@ class LocalCluster:
             proc.stop()
         if self._lake is not None:
             self._lake.stop()
+        self._owner.release()
         atexit.unregister(self.stop)
 
     def __enter__(self) -> LocalCluster:

@@ -20,6 +20,7 @@ from websockets.trio.server import ServerConnection
 
 from dosql.config import Config
 from dosql.errors import StorageError
+from dosql.ownership import OwnerLock
 from dosql.service import Service
 from dosql.shard.executor import Shard
 from dosql.shard.metrics import ShardMetrics
@@ -44,8 +45,10 @@ async def serve(
     port: int,
     lake_url: str | None = None,
 ) -> int:
+    Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+    # One process per database file: a second shard on it fails here, naming the first.
+    owner = OwnerLock(db_path + ".lock", f"shard {shard_id}").acquire()
     try:
-        Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         shard = await trio.to_thread.run_sync(Shard, shard_id, db_path, config.shard)
     except (OSError, sqlite3.Error) as exc:
         raise StorageError(
@@ -102,6 +105,7 @@ async def serve(
                         task_status=task_status,
                     )
                 )
+                owner.describe(address=f"ws://{host}:{service.port}")
                 if lake_url:
                     nursery.start_soon(run_streamer, shard, config, shard_id, lake_url)
                 async for signum in signals:
@@ -111,6 +115,7 @@ async def serve(
     finally:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(shard.close)
+        owner.release()
         log.info("database closed", extra={"db": db_path})
     return 0
 
