@@ -85,7 +85,17 @@ class PreparedStore:
         return row[0] if row else None
 
     def delete(self, gtid: str) -> None:
-        self.conn.execute("DELETE FROM prepared WHERE gtid = ?", (gtid,))
+        """Drop a decided record without an fsync.
+
+        Safe because the commit it stood for was made durable first: if the
+        deletion is lost (power loss), the record comes back at restart, finds
+        the outcome row and is dropped again (TwoPhase.recover).
+        """
+        self.conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self.conn.execute("DELETE FROM prepared WHERE gtid = ?", (gtid,))
+        finally:
+            self.conn.execute("PRAGMA synchronous = FULL")
 
     def fence(self, gtid: str) -> None:
         """Make ``gtid`` aborted here for good and forget any record of it (one transaction)."""
@@ -254,6 +264,9 @@ class TwoPhase:
                 log.exception("commit of prepared transaction failed", extra={"gtid": gtid})
                 self._redo_in_place(entry)
                 raise
+            # A participant's commit must survive power loss before anyone relies on it
+            # (the decider's is the decision): with synchronous=NORMAL, fsync the WAL now.
+            self.shard.sync_wal()
             crash_point("shard.commit_prepared.after_commit")
             self.store.delete(gtid)
             del self.entries[gtid]

@@ -250,3 +250,33 @@ def test_a_deferred_foreign_key_fails_the_prepare_not_the_commit(shard: ShardPro
         assert "last_commit_ts" in prepare(c, "fk2")
         commit_prepared(c, "fk2", int(time.time() * 1e6))
         assert rows(c, "SELECT p FROM child") == [[42]]
+
+
+def test_commit_prepared_fsyncs_the_wal_before_dropping_the_record(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Power loss cannot be produced here: check the ordering the design relies on instead."""
+    import os as os_mod
+
+    from dosql import config
+    from dosql.shard.executor import Shard
+
+    shard = Shard("shard-0", str(tmp_path / "s.db"), config.default().shard)
+    try:
+        assert shard.cfg.synchronous == "NORMAL"
+        state = shard._free.pop()
+        shard.begin(state, immediate=True)
+        state.conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        state.txid = state.txid or shard.allocate_txid()
+        state.conn.execute("INSERT INTO t VALUES (1)")
+        shard.twophase.prepare(state, "g", PARTS, owner=None)
+        events: list[str] = []
+        real_fsync, real_delete = os_mod.fsync, shard.twophase.store.delete
+        monkeypatch.setattr(os_mod, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd)))
+        monkeypatch.setattr(
+            shard.twophase.store, "delete", lambda g: (events.append("delete"), real_delete(g))
+        )
+        shard.twophase.commit("g", int(time.time() * 1e6), PARTS)
+        assert events == ["fsync", "delete"]
+    finally:
+        shard.close()
