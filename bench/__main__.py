@@ -17,6 +17,7 @@ BENCHMARKS = {
     "cdc_throughput": "bench.cdc_throughput",
     "lake_flush": "bench.lake_flush",
     "time_travel": "bench.time_travel",
+    "tx_commit": "bench.tx_commit",
 }
 
 

@@ -36,8 +36,13 @@ def start(
     flush_interval_ms: int = 1000,
     event_threshold: int = 10000,
     cdc_batch_size: int = 1000,
+    env: dict[str, str] | None = None,
 ):
-    """Start and return a LocalCluster (a context manager) for a benchmark."""
+    """Start and return a LocalCluster (a context manager) for a benchmark.
+
+    ``env``: extra environment for its processes (settings such as
+    ``DOSQL_ATOMIC_COMMIT``, see dosql/config.py).
+    """
     from dosql.cluster import LocalCluster
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -50,4 +55,4 @@ def start(
             cdc_batch_size=cdc_batch_size,
         )
     )
-    return LocalCluster(config, workdir / "data", lake=lake)
+    return LocalCluster(config, workdir / "data", lake=lake, env=env)

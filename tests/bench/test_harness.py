@@ -39,6 +39,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
             "bench",
             "point_select",
             "ingest",
+            "tx_commit",
             "--quick",
             "--results",
             str(tmp_path),
@@ -49,7 +50,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("point_select", "ingest"):
+    for name in ("point_select", "ingest", "tx_commit"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["benchmark"] == name
         assert data["figures"] and data["baselines"] and data["ratios"]
