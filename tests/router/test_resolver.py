@@ -72,7 +72,9 @@ def outcome(cluster: LocalCluster, gtid: str) -> str:
 
 def rows(cluster: LocalCluster, a: int, b: int) -> list[tuple]:
     with Client(cluster.url) as cl:
-        return cl.rows("SELECT tenant_id, v FROM orders WHERE tenant_id IN (?, ?) ORDER BY tenant_id", [a, b])
+        return cl.rows(
+            "SELECT tenant_id, v FROM orders WHERE tenant_id IN (?, ?) ORDER BY tenant_id", [a, b]
+        )
 
 
 def test_router_dies_before_the_decision_resolved_as_aborted(cluster: LocalCluster) -> None:
