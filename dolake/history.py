@@ -31,9 +31,10 @@ Rows that moved between shards under the same key are the exception: a
 mirror snapshot folds each shard's log up to that shard's own watermark, in
 arrival order, so with one shard lagging it can hold a moved row's state in
 the wrong order. Keys changed by more than one shard are therefore rebuilt
-from their whole change log history, change by change in commit order
-(:func:`_cross_shard_keys`); every other key comes from the mirror base plus
-the delta.
+from their whole change log history in commit order, each commit time's
+changes folded per shard as one flush would (:func:`_cross_shard_keys`,
+:func:`_recompute`); every other key comes from the mirror base plus the
+delta.
 
 **As of a snapshot**: exactly that mirror snapshot (by id, or
 ``branch@sequence-number``). **As of LSN n of shard X**: the rows of X after
@@ -55,6 +56,7 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import decimal
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -224,8 +226,8 @@ def _cross_shard_keys(changelog: Table, pk: list[str], only_shard: str | None) -
 def _recompute(
     changelog: Table, pk: list[str], keys: set[tuple], point: int
 ) -> dict[tuple, tuple[dict[str, Any], str | None]]:
-    """The state of ``keys`` at ``point`` from their whole history, change by
-    change in commit order (with every shard's drop events)."""
+    """The state of ``keys`` at ``point`` from their whole history, in commit
+    order (with every shard's drop events)."""
     flt: BooleanExpression = LessThanOrEqual("_commit_ts", point)
     field = changelog.schema().find_field(pk[0])
     values = {k[0] for k in keys}
@@ -240,8 +242,14 @@ def _recompute(
         lambda r: r["_op"] == "schema" or sub.key(r, r["_shard"]) in keys,
     )
     changes.sort(key=lambda r: (r["_commit_us"], r["_shard"], r["_lsn"]))
-    for row in changes:
-        sub.apply(row)
+    # One commit time at a time, folded per shard (apply_batch), not change by change: the
+    # changes of one distributed transaction share its commit time on every shard, and their
+    # order across shards is not in the log. A row that leaves shard X and comes back within
+    # one transaction is, on X, a delete then an insert, and on Y an insert then a delete;
+    # applied change by change in shard order, Y's insert takes the row over and Y's delete
+    # removes it. Per shard net changes (X: the new image, Y: a delete from a non-owner) keep it.
+    for _ts, same_commit in itertools.groupby(changes, key=lambda r: r["_commit_us"]):
+        sub.apply_batch(list(same_commit))
     return sub.rows
 
 
