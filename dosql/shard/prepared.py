@@ -74,11 +74,12 @@ class PreparedStore:
             (gtid, ",".join(candidates), record, time.time()),
         )
 
-    def records(self) -> list[tuple[str, list[str], bytes, float]]:
+    def records(self) -> list[tuple[str, list[str], float]]:
+        """(gtid, candidates, prepared_at) of every record, oldest first (redo via record())."""
         rows = self.conn.execute(
-            "SELECT gtid, candidates, redo, prepared_at FROM prepared ORDER BY prepared_at"
+            "SELECT gtid, candidates, prepared_at FROM prepared ORDER BY prepared_at"
         )
-        return [(g, c.split(",") if c else [], r, at) for g, c, r, at in rows]
+        return [(g, c.split(",") if c else [], at) for g, c, at in rows]
 
     def record(self, gtid: str) -> bytes | None:
         row = self.conn.execute("SELECT redo FROM prepared WHERE gtid = ?", (gtid,)).fetchone()
@@ -325,7 +326,7 @@ class TwoPhase:
 
     def recover(self) -> None:
         """At startup: drop records of decided transactions, redo the others (orphaned)."""
-        for gtid, candidates, _record, prepared_at in self.store.records():
+        for gtid, candidates, prepared_at in self.store.records():
             if self.outcome(gtid) is not None:
                 self.store.delete(gtid)  # it committed; the record's deletion was cut short
                 continue
