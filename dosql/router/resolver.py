@@ -83,7 +83,10 @@ class Resolver:
             if not entry.get("orphaned") or entry.get("age_s", 0) < self.min_age_s:
                 self.in_doubt.pop((sid, gtid), None)
                 continue
-            outcome = await self.resolve(sid, gtid, entry.get("candidates") or [sid])
+            try:
+                outcome = await self.resolve(sid, gtid, entry.get("candidates") or [sid])
+            except DoSQLError as exc:  # e.g. decided meanwhile by another router: next pass
+                outcome = f"deciding it failed: [{exc.code}] {exc.message}"
             if outcome in self.decided:
                 self.decided[outcome] += 1
                 self.in_doubt.pop((sid, gtid), None)
