@@ -59,6 +59,8 @@ def _other_value(setting: config.Setting) -> tuple[str, Any]:
     if setting.kind == "choice":
         choice = next(c for c in setting.choices if c.lower() != str(setting.default).lower())
         return choice.upper(), choice
+    if setting.kind == "bool":
+        return ("off" if setting.default else "on"), not setting.default
     return "from-env", "from-env"
 
 
