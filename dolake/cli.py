@@ -9,6 +9,10 @@ from dosql.cli import dispatch
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dolake.serve_cli", "run the lake writer (CDC ingest, Iceberg commits, subscribers)"),
     "flush": ("dolake.flush_cli", "ask a running lake writer to flush its buffers"),
+    "expire": (
+        "dolake.expire_cli",
+        "ask a running lake writer to expire snapshots outside the retention window",
+    ),
 }
 
 

@@ -81,6 +81,7 @@ from pyiceberg.table.snapshots import Snapshot, ancestors_of
 from pyiceberg.types import LongType, StringType
 
 from dolake import watermarks
+from dolake.maintenance import EXPIRED_THROUGH
 from dolake.schema import HIDDEN_PREFIX, OVERFLOW, ROWID, SHARD_COL, raw_untag
 from dosql.errors import CDCError, NotFoundError
 from dosql.timetravel.points import (
@@ -552,6 +553,8 @@ def _find_snapshot(mirror: Table, point: SnapshotPoint) -> Snapshot:
         snap = mirror.metadata.snapshot_by_id(point.snapshot_id)
         if snap is None:
             ids = ", ".join(str(s.snapshot_id) for s in chain[-5:]) or "none"
+            if EXPIRED_THROUGH in mirror.properties:
+                hint += " (older snapshots were expired: lake.snapshot_retention_ms)"
             raise NotFoundError(
                 f"table {name} has no lake snapshot {point.snapshot_id} (newest: {ids}); {hint}",
                 code="SNAPSHOT_NOT_FOUND",
@@ -569,6 +572,14 @@ def _find_snapshot(mirror: Table, point: SnapshotPoint) -> Snapshot:
         if snap.sequence_number == point.sequence:
             return snap
     seqs = f"{chain[0].sequence_number}..{chain[-1].sequence_number}" if chain else "none"
+    if chain and point.sequence < chain[0].sequence_number and EXPIRED_THROUGH in mirror.properties:
+        raise NotFoundError(
+            f"table {name} snapshot {branch}@{point.sequence} was expired by the lake's "
+            f"retention window (lake.snapshot_retention_ms); sequence numbers kept: {seqs}; "
+            f"{hint}",
+            code="SNAPSHOT_EXPIRED",
+            details={"sequence_numbers": [chain[0].sequence_number, chain[-1].sequence_number]},
+        )
     raise NotFoundError(
         f"table {name} has no snapshot with sequence number {point.sequence} on branch "
         f"{branch!r} (sequence numbers there: {seqs}); {hint}",
@@ -581,6 +592,32 @@ def _before_history(table: str, what: str, cov: Coverage) -> NotFoundError:
         f"table {table} has no history at {what}: {_range_text(cov)}",
         code="SNAPSHOT_NOT_FOUND",
         details={"first_commit_ts": cov.first_commit_ts, "last_commit_ts": cov.last_commit_ts},
+    )
+
+
+def available_from(mirror: Table, log: _Log | None = None) -> int | None:
+    """After snapshot expiry (dolake/maintenance.py): the earliest point (UTC
+    microseconds) time travel answers -- the commit time of the newest change
+    in the oldest snapshot kept, from which every later point has a snapshot
+    to start from. None when no snapshot of the table was ever expired."""
+    if EXPIRED_THROUGH not in mirror.properties:
+        return None
+    chain = _chain(mirror)
+    if not chain:
+        return None
+    newest = log.max_ts_through(_marks(chain[0])) if log is not None else None
+    return newest if newest is not None else chain[0].timestamp_ms * 1000
+
+
+def _expired(table: str, what: str, available: int, cov: Coverage) -> NotFoundError:
+    return NotFoundError(
+        f"table {table} has no history at {what} any more: the lake expired the snapshots "
+        f"before {format_micros(available)} (lake.snapshot_retention_ms); available: from "
+        f"{format_micros(available)} to now (newest change committed at "
+        f"{format_micros(cov.last_commit_ts or available)}). Ask for a later point, or raise "
+        "lake.snapshot_retention_ms / lake.min_snapshots_to_keep to keep more history",
+        code="SNAPSHOT_EXPIRED",
+        details={"available_from": available, "last_commit_ts": cov.last_commit_ts},
     )
 
 
@@ -598,6 +635,9 @@ def _timestamp_state(
 ) -> None:
     if cov.first_commit_ts is None or point < cov.first_commit_ts:
         raise _before_history(table, format_micros(point), cov)
+    available = available_from(mirror, log)
+    if available is not None and point < available:
+        raise _expired(table, format_micros(point), available, cov)
     if point > now:
         ahead = (point - now) // 1000
         raise CDCError(

@@ -55,3 +55,42 @@ class Metrics:
         self.cdc_errors = Counter(
             "dolake_cdc_errors", "Bad CDC input refused with a typed error", ["code"], registry=r
         )
+        # per Iceberg table (label table: "T" the mirror, "T__changelog" its change log)
+        self.table_data_files = Gauge(
+            "dolake_table_data_files", "Live data files, per table", ["table"], registry=r
+        )
+        self.table_delete_files = Gauge(
+            "dolake_table_delete_files",
+            "Live position-delete files, per table",
+            ["table"],
+            registry=r,
+        )
+        self.table_snapshots = Gauge(
+            "dolake_table_snapshots",
+            "Snapshots in the table metadata, per table",
+            ["table"],
+            registry=r,
+        )
+        self.table_oldest_snapshot = Gauge(
+            "dolake_table_oldest_snapshot_timestamp_seconds",
+            "Commit time of the oldest snapshot kept (Unix seconds), per table",
+            ["table"],
+            registry=r,
+        )
+        self.expired_snapshots = Counter(
+            "dolake_expired_snapshots", "Snapshots expired by the retention window", registry=r
+        )
+        self.expired_files = Counter(
+            "dolake_expired_files_deleted",
+            "Files deleted because only expired snapshots referenced them",
+            registry=r,
+        )
+        self.expire_duration = Histogram(
+            "dolake_expire_duration_ms",
+            "Duration of one snapshot expiry run (all tables) in milliseconds",
+            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            registry=r,
+        )
+        self.maintenance_errors = Counter(
+            "dolake_maintenance_errors", "Background maintenance runs that failed", registry=r
+        )

@@ -171,7 +171,7 @@ class RowDelta(_FastAppendFiles):
                     dw.add(_added(self._snapshot_id, f))
             manifests.append(dw.to_manifest_file())
         assert meta.format_version >= 2, "position deletes need an Iceberg v2 table"
-        return manifests + self._existing_manifests()
+        return merge_manifests(self, manifests + self._existing_manifests())
 
     def _summary(self, snapshot_properties: dict[str, str] = EMPTY_DICT) -> Summary:
         meta = self._transaction.table_metadata
@@ -191,6 +191,70 @@ class RowDelta(_FastAppendFiles):
             summary=Summary(operation=self._operation, **ssc.build(), **snapshot_properties),
             previous_summary=previous.summary if previous is not None else None,
         )
+
+
+def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[ManifestFile]:
+    """Keep a snapshot's manifest list short: what Iceberg's
+    ``commit.manifest-merge.enabled`` does for appends, for data *and* delete
+    manifests (pyiceberg's merge-append only merges data manifests).
+
+    Manifests smaller than ``commit.manifest.target-size-bytes`` are grouped by
+    (content, partition spec); a group of ``commit.manifest.min-count-to-merge``
+    or more is rewritten as one manifest. Its entries keep their status (added
+    by this snapshot) or become ``EXISTING`` with their snapshot id and data /
+    file sequence numbers unchanged, so a position delete still applies to
+    exactly the data files it applied to. A table gains at most that many small
+    manifests per content, however many flushes it takes."""
+    from pyiceberg.table import TableProperties
+    from pyiceberg.utils.properties import property_as_bool
+
+    meta = producer._transaction.table_metadata
+    props = meta.properties
+    if not property_as_bool(props, TableProperties.MANIFEST_MERGE_ENABLED, False):
+        return manifests
+    min_count = property_as_int(
+        props,
+        TableProperties.MANIFEST_MIN_MERGE_COUNT,
+        TableProperties.MANIFEST_MIN_MERGE_COUNT_DEFAULT,
+    )
+    target = property_as_int(
+        props,
+        TableProperties.MANIFEST_TARGET_SIZE_BYTES,
+        TableProperties.MANIFEST_TARGET_SIZE_BYTES_DEFAULT,
+    )
+    out: list[ManifestFile] = []
+    groups: dict[tuple[Any, int], list[ManifestFile]] = {}
+    for m in manifests:
+        if m.manifest_length >= target:  # type: ignore[operator]
+            out.append(m)
+        else:
+            groups.setdefault((m.content, m.partition_spec_id), []).append(m)
+    for (content, spec_id), group in groups.items():
+        if len(group) < max(2, min_count or 2):
+            out.extend(group)
+            continue
+        writer_cls = (
+            _DeleteManifestWriter if content == ManifestContent.DELETES else ManifestWriterV2
+        )
+        writer = writer_cls(
+            producer.spec(spec_id),
+            producer.schema(),
+            producer.new_manifest_output(),
+            producer._snapshot_id,
+            producer._compression,
+        )
+        with writer:
+            for m in group:
+                for entry in m.fetch_manifest_entry(io=producer._io, discard_deleted=True):
+                    if (
+                        entry.status == ManifestEntryStatus.ADDED
+                        and entry.snapshot_id == producer._snapshot_id
+                    ):
+                        writer.add(entry)
+                    else:
+                        writer.existing(entry)
+        out.append(writer.to_manifest_file())
+    return out
 
 
 def _added(snapshot_id: int, data_file: DataFile) -> ManifestEntry:

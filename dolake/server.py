@@ -19,7 +19,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
-from dolake import distributed
+from dolake import distributed, maintenance
 from dolake.buffer import Buffers
 from dolake.catalog import catalog_properties, open_catalog
 from dolake.ingest import Session
@@ -83,7 +83,13 @@ class LakeServer:
             row_group_size=config.lake.parquet_row_group_size,
             reference_tables=reference,
             index_dir=self.data_dir / "lake" / "mirror_index",
+            mirror_buckets=config.lake.mirror_buckets,
+            metadata_versions_max=config.lake.metadata_versions_max,
         )
+        self.retention = maintenance.Retention(
+            config.lake.snapshot_retention_ms, config.lake.min_snapshots_to_keep
+        )
+        self.last_expiry: dict[str, Any] = {}
         for shard, lsn in self.writer.committed().items():
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
         for shard, ts in self.writer.safe_ts().items():
@@ -105,6 +111,7 @@ class LakeServer:
             status=self.status,
             deep_health=self.deep_health,
             ws_paths=("/", "/cdc", SUBSCRIBE_PATH),
+            routes={"/maintenance": self.maintenance_status},
         )
 
     # ------------------------------------------------------------------ sessions
@@ -211,6 +218,7 @@ class LakeServer:
                         "mirror_deletes": r.mirror_deletes,
                         "files_rewritten": r.files_rewritten,
                         "files_written": r.files_written,
+                        "delete_files_written": r.delete_files_written,
                         "error": r.error,
                     }
                     for n, r in results.items()
@@ -224,6 +232,62 @@ class LakeServer:
             if errors:
                 info["errors"] = errors
             return info
+
+    # ------------------------------------------------------------------ maintenance
+
+    async def expire(self, dry_run: bool = False) -> dict[str, Any]:
+        """Expire snapshots outside the retention window now (dolake/maintenance.py);
+        under the flush lock, so no commit is in flight."""
+        async with self.flush_lock:
+            start = time.perf_counter()
+            tables = await trio.to_thread.run_sync(
+                lambda: self.writer.expire(self.retention, dry_run=dry_run)
+            )
+            elapsed = (time.perf_counter() - start) * 1000
+            info = {
+                "at": time.time(),
+                "dry_run": dry_run,
+                "duration_ms": round(elapsed, 1),
+                "retention_ms": self.retention.retention_ms,
+                "min_snapshots_to_keep": self.retention.min_snapshots,
+                "tables": tables,
+            }
+            if not dry_run:
+                expired = sum(
+                    side.get("snapshots_expired", 0) for t in tables.values() for side in t.values()
+                )
+                deleted = sum(
+                    side.get("files_deleted", 0) for t in tables.values() for side in t.values()
+                )
+                self.metrics.expired_snapshots.inc(expired)
+                self.metrics.expired_files.inc(deleted)
+                self.metrics.expire_duration.observe(elapsed)
+                self.last_expiry = info
+            self.update_gauges()
+            return info
+
+    async def maintenance_loop(self) -> None:
+        interval = self.config.expire_interval_ms / 1000
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("snapshot expiry failed")
+                self.metrics.maintenance_errors.inc()
+
+    def maintenance_status(self) -> dict[str, Any]:
+        """GET /maintenance: the retention policy and the last expiry."""
+        return {
+            "service": "lake",
+            "snapshot_retention_ms": self.retention.retention_ms,
+            "min_snapshots_to_keep": self.retention.min_snapshots,
+            "expire_interval_ms": self.config.expire_interval_ms,
+            "last_expiry": _plain(self.last_expiry),
+            "tables": _plain(self.writer.stats()),
+        }
 
     def plan_cut(self) -> distributed.Cut:
         """Where this flush cuts each shard's stream: no distributed transaction
@@ -342,8 +406,13 @@ class LakeServer:
                 return protocol.Ok(id=msg.id, info={"requested": True})
             info = await self.flush(msg.table)
             return protocol.Ok(id=msg.id, info=_plain(info))
+        if isinstance(msg, protocol.Expire):
+            if getattr(conn, "scope", "admin") != "admin":
+                raise AuthorizationError("expire needs an admin token", code="PERMISSION_DENIED")
+            info = await self.expire(dry_run=msg.dry_run)
+            return protocol.Ok(id=msg.id, info=_plain(info))
         raise ValidationError(
-            f"{type(msg).__name__} is not served by the lake writer; send flush or ping",
+            f"{type(msg).__name__} is not served by the lake writer; send flush, expire or ping",
             code="INVALID_MESSAGE",
         )
 
@@ -361,10 +430,19 @@ class LakeServer:
             m.source_lag_lsn.labels(s.shard).set(s.received - s.committed)
             lag = (now - s.oldest_pending_at) * 1000 if s.oldest_pending_at else 0
             m.source_lag_ms.labels(s.shard).set(lag)
+        for name, sides in self.writer.stats().items():
+            for side, st in sides.items():
+                ident = name if side == "mirror" else f"{name}__changelog"
+                m.table_data_files.labels(ident).set(st["data_files"])
+                m.table_delete_files.labels(ident).set(st["delete_files"])
+                m.table_snapshots.labels(ident).set(st["snapshots"])
+                oldest = st["oldest_snapshot_ms"]
+                m.table_oldest_snapshot.labels(ident).set(oldest / 1000 if oldest else 0)
 
     def status(self) -> dict[str, Any]:
         self.update_gauges()
         tables = {}
+        stats = self.writer.stats()
         for name, lt in self.writer.tables.items():
             ms = lt.mirror.current_snapshot() if lt.mirror else None
             cs = lt.changelog.current_snapshot() if lt.changelog else None
@@ -375,6 +453,10 @@ class LakeServer:
                 "changelog_watermarks": lt.changelog_wm,
                 "committed_at": lt.committed_at,
                 "error": self.table_errors.get(name),
+                # the mirror's data_files, delete_files, records, snapshots,
+                # oldest_snapshot_ms; the same of the change log under "changelog"
+                **stats[name]["mirror"],
+                "changelog": stats[name]["changelog"],
             }
         props = catalog_properties(self.config, self.data_dir)
         return {
@@ -407,6 +489,12 @@ class LakeServer:
             "last_flush": self.last_flush,
             # distributed transactions the last flush held back: gtid -> parts, what is here
             "held_back_transactions": dict(self.held_back),
+            "maintenance": {
+                "snapshot_retention_ms": self.retention.retention_ms,
+                "min_snapshots_to_keep": self.retention.min_snapshots,
+                "expire_interval_ms": self.config.expire_interval_ms,
+                "last_expiry": self.last_expiry,
+            },
         }
 
     async def deep_health(self) -> dict[str, Any]:
@@ -439,6 +527,7 @@ class LakeServer:
     async def serve(self, host: str, port: int) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flush_loop)
+            nursery.start_soon(self.maintenance_loop)
             nursery.start_soon(self.stop_on_signal, nursery.cancel_scope)
             await nursery.start(
                 lambda task_status: self.service.serve(

@@ -31,11 +31,14 @@ shard is gap-free (the ingest rejects gaps).
 
 Mirror layout
 -------------
-The mirror is an Iceberg v2 table partitioned by ``bucket(16, first key
-column)`` and updated **merge-on-read** (see dolake/mor.py): a flush writes
-the new images of the affected keys into new data files (sorted by key, one
-per bucket touched) and position-delete files naming the old rows of those
-keys, in one snapshot. The old rows are found in a key index (key -> data
+The mirror is an unpartitioned Iceberg v2 table (``bucket(N, first key
+column)`` with ``mirror_buckets = N``, and for mirrors created before that
+setting) updated **merge-on-read** (see dolake/mor.py): a flush writes the new
+images of the affected keys into one new data file (sorted by key; one per
+bucket touched when bucketed) and one position-delete file naming the old rows
+of those keys (one per partition of the files it names), in one snapshot.
+Manifests are merged as they pile up (``MAINTAINED_PROPERTIES``), so the
+manifest list stays short; snapshot expiry is dolake/maintenance.py. The old rows are found in a key index (key -> data
 file, row position, owner shard, commit time) kept in a local SQLite file per table under
 ``<data dir>/lake/mirror_index/``: derived state, updated after each mirror
 commit and rebuilt from the mirror when it does not match the table's current
@@ -104,7 +107,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from dolake import mor, watermarks
+from dolake import maintenance, mor, watermarks
 from dolake.buffer import Entry
 from dolake.mor import KeyIndex
 from dolake.schema import (
@@ -124,7 +127,19 @@ from dosql import protocol
 
 log = logging.getLogger(__name__)
 
-MIRROR_BUCKETS = 16
+MIRROR_BUCKETS = 16  # the former layout: bucket(16, key); now only with mirror_buckets=16
+# Table properties the writer keeps on both tables (set on create, added on startup):
+# manifests are merged once this many small ones pile up (data and delete manifests
+# alike, dolake/mor.py merge_manifests; the change log's appends by pyiceberg's
+# merge-append), so a snapshot's manifest list stays short however many flushes ran.
+MANIFEST_MIN_MERGE_COUNT = 8
+MAINTAINED_PROPERTIES = {
+    "commit.manifest-merge.enabled": "true",
+    "commit.manifest.min-count-to-merge": str(MANIFEST_MIN_MERGE_COUNT),
+    # old metadata.json files are removed as each commit is made (pyiceberg does it)
+    "write.metadata.delete-after-commit.enabled": "true",
+}
+METADATA_VERSIONS_PROPERTY = "write.metadata.previous-versions-max"
 _BUCKETABLE = (LongType, StringType, BinaryType, DecimalType, DateType, TimestampType)
 DELETE = object()  # op marker: the key has no row
 COMMIT_TS_COL = "_dosql_commit_ts"  # mirror: commit time (UTC microseconds) of the row's image
@@ -183,8 +198,17 @@ class Writer:
         row_group_size: int = 100000,
         reference_tables: dict[str, str] | None = None,
         index_dir: str | Path | None = None,
+        mirror_buckets: int = 0,
+        metadata_versions_max: int = 100,
     ) -> None:
         self.catalog = catalog
+        self.maintained = {
+            **MAINTAINED_PROPERTIES,
+            METADATA_VERSIONS_PROPERTY: str(metadata_versions_max),
+        }
+        # 0: new mirrors are unpartitioned, so a flush writes one data file and one
+        # position-delete file (not one of each per bucket touched); N: bucket(N, key)
+        self.mirror_buckets = mirror_buckets
         self.namespace = namespace
         self.row_group_size = row_group_size
         # reference table name -> the one shard whose changes feed its mirror
@@ -212,8 +236,12 @@ class Writer:
                 changelog = self.catalog.load_table((self.namespace, name + "__changelog"))
             except NoSuchTableError:
                 continue
-            mirror = _with_commit_ts(self.catalog, mirror)
-            changelog = _with_gtid(self.catalog, changelog)
+            mirror = _with_properties(
+                self.catalog, _with_commit_ts(self.catalog, mirror), self.maintained
+            )
+            changelog = _with_properties(
+                self.catalog, _with_gtid(self.catalog, changelog), self.maintained
+            )
             layout = _layout_from_properties(name, mirror)
             self.tables[name] = LakeTable(
                 layout,
@@ -235,6 +263,37 @@ class Writer:
 
     def ping(self) -> None:
         self.catalog.list_tables(self.namespace)
+
+    # ------------------------------------------------------------------ maintenance
+
+    def expire(
+        self, policy: maintenance.Retention, *, now_ms: int | None = None, dry_run: bool = False
+    ) -> dict[str, Any]:
+        """Expire the snapshots of every lake table outside ``policy`` and delete the
+        files only they referenced (dolake/maintenance.py). Call it with no flush
+        in flight (the server holds its flush lock). The current snapshots, which
+        carry the watermarks, are always kept."""
+        out: dict[str, Any] = {}
+        for name, lt in sorted(self.tables.items()):
+            res: dict[str, Any] = {}
+            for side, table in (("changelog", lt.changelog), ("mirror", lt.mirror)):
+                if table is None:
+                    continue
+                res[side] = maintenance.expire_table(
+                    table, policy, now_ms=now_ms, dry_run=dry_run, mark=side == "mirror"
+                )
+            out[name] = res
+        return out
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per table and side: data files, delete files, snapshots, oldest snapshot."""
+        return {
+            name: {
+                "mirror": maintenance.table_stats(lt.mirror),
+                "changelog": maintenance.table_stats(lt.changelog),
+            }
+            for name, lt in self.tables.items()
+        }
 
     # ------------------------------------------------------------------ flush
 
@@ -317,17 +376,22 @@ class Writer:
             (f for f in (*user, *hidden) if f.name == (layout.primary_key or [ROWID])[0]), None
         )
         spec = PartitionSpec()
-        if key_field is not None and isinstance(key_field.field_type, _BUCKETABLE):
+        if (
+            self.mirror_buckets > 0
+            and key_field is not None
+            and isinstance(key_field.field_type, _BUCKETABLE)
+        ):
             spec = PartitionSpec(
                 PartitionField(
                     source_id=key_field.field_id,
                     field_id=1000,
-                    transform=BucketTransform(MIRROR_BUCKETS),
+                    transform=BucketTransform(self.mirror_buckets),
                     name=f"{key_field.name}_bucket",
                 )
             )
         props = {
             "write.parquet.row-group-limit": str(self.row_group_size),
+            **self.maintained,
             **_layout_properties(layout),
         }
         ids = itertools.count(1)
@@ -680,6 +744,19 @@ def _with_gtid(catalog: Catalog, changelog: Table) -> Table:
             us.add_column(name, StringType())
     log.info("change log given %s", ", ".join(missing), extra={"table": changelog.name()})
     return catalog.load_table(changelog.name())
+
+
+def _with_properties(catalog: Catalog, table: Table, wanted: dict[str, str]) -> Table:
+    """``table`` with the writer's maintenance properties (``wanted``), set on
+    tables created before them (or with other values)."""
+    props = table.properties
+    missing = {k: v for k, v in wanted.items() if props.get(k) != v}
+    if not missing:
+        return table
+    with table.transaction() as tx:
+        tx.set_properties(missing)
+    log.info("table properties set", extra={"table": table.name(), "properties": missing})
+    return catalog.load_table(table.name())
 
 
 def _layout_properties(layout: TableLayout) -> dict[str, str]:

@@ -93,6 +93,18 @@ SETTINGS: tuple[Setting, ...] = (
     _s("lake", "max_buffer_size", "DOLAKE_MAX_BUFFER_SIZE", 67108864, minimum=1024),
     _s("lake", "event_threshold", "DOLAKE_EVENT_THRESHOLD", 10000, minimum=1),
     _s("lake", "parquet_row_group_size", "DOLAKE_PARQUET_ROW_GROUP_SIZE", 100000, minimum=1),
+    # partitions of a new mirror: 0 = unpartitioned (one data + one delete file per
+    # flush); N = bucket(N, first key column), the former layout with N = 16
+    _s("lake", "mirror_buckets", "DOLAKE_MIRROR_BUCKETS", 0, minimum=0),
+    # snapshot expiry (dolake/maintenance.py): snapshots older than the retention window
+    # are expired (but always the min_snapshots_to_keep newest and the current one are
+    # kept) and the files only they referenced deleted; time travel before the window
+    # is refused with SNAPSHOT_EXPIRED. Run every expire_interval_ms (0: only on request).
+    _s("lake", "snapshot_retention_ms", "DOLAKE_SNAPSHOT_RETENTION_MS", 7 * 86_400_000, minimum=0),
+    _s("lake", "min_snapshots_to_keep", "DOLAKE_MIN_SNAPSHOTS_TO_KEEP", 10, minimum=1),
+    _s("lake", "expire_interval_ms", "DOLAKE_EXPIRE_INTERVAL_MS", 3_600_000, minimum=0),
+    # old metadata.json files kept per table (Iceberg write.metadata.previous-versions-max)
+    _s("lake", "metadata_versions_max", "DOLAKE_METADATA_VERSIONS_MAX", 100, minimum=1),
     # cdc
     _s("cdc", "batch_size", "CDC_BATCH_SIZE", 100, minimum=1),
     _s("cdc", "batch_timeout_ms", "CDC_BATCH_TIMEOUT_MS", 5000, minimum=1),
@@ -142,6 +154,11 @@ class LakeConfig:
     max_buffer_size: int
     event_threshold: int
     parquet_row_group_size: int
+    mirror_buckets: int = 0
+    snapshot_retention_ms: int = 7 * 86_400_000
+    min_snapshots_to_keep: int = 10
+    expire_interval_ms: int = 3_600_000
+    metadata_versions_max: int = 100
     # Extra pyiceberg catalog properties / pyarrow filesystem options, passed through.
     catalog_properties: dict[str, str] = field(default_factory=dict)
 

@@ -161,6 +161,7 @@ CODES: dict[str, type[DoSQLError]] = {
     "TABLE_NOT_FOUND": NotFoundError,
     "SHARD_NOT_FOUND": NotFoundError,
     "SNAPSHOT_NOT_FOUND": NotFoundError,
+    "SNAPSHOT_EXPIRED": NotFoundError,
     "CONSTRAINT_VIOLATION": ConflictError,
     "UNIQUE_CONSTRAINT": ConflictError,
     "ALREADY_EXISTS": ConflictError,

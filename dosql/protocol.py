@@ -296,6 +296,14 @@ class Flush(Message, tag="flush"):
     wait: bool = True
 
 
+class Expire(Message, tag="expire"):
+    """Ask the lake writer to expire snapshots outside its retention window now
+    (admin scope); ``dry_run``: only report what would be removed."""
+
+    id: int
+    dry_run: bool = False
+
+
 class MetaGet(Message, tag="meta_get"):
     """Read cluster metadata keys starting with ``prefix`` (admin scope)."""
 
@@ -356,6 +364,7 @@ AnyMessage = (
     | BatchNack
     | Committed
     | Flush
+    | Expire
     | MetaGet
     | MetaSet
     | ReleaseChanges

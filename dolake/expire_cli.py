@@ -1,0 +1,68 @@
+"""``dolake expire``: ask a running lake writer to expire snapshots now."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from websockets.sync.client import connect
+
+from dosql import protocol
+from dosql.errors import ConfigurationError, RPCError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url", help="lake writer address (default: $DOLAKE_URL, or lake.url of --config)"
+    )
+    parser.add_argument("--config", help="deployment TOML file (for lake.url and the token)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only report the snapshots and files that would be removed",
+    )
+    parser.add_argument("--token", default=os.environ.get("DOSQL_TOKEN"), help="bearer token")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+
+
+def expire(
+    url: str, *, dry_run: bool = False, token: str | None = None, timeout: float = 600.0
+) -> dict:
+    """Send one Expire request; returns the Ok info or raises the lake's error."""
+    url = url.replace("dolake://", "ws://").rstrip("/")
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        with connect(
+            url + "/", additional_headers=headers, open_timeout=timeout, max_size=None
+        ) as ws:
+            ws.send(protocol.encode(protocol.Expire(id=1, dry_run=dry_run)))
+            reply = protocol.decode(ws.recv(timeout=timeout))
+    except (OSError, TimeoutError) as exc:
+        raise RPCError(f"cannot reach the lake writer at {url}: {exc}") from None
+    if isinstance(reply, protocol.Error):
+        raise reply.to_exception()
+    if not isinstance(reply, protocol.Ok):
+        raise RPCError(f"unexpected reply {type(reply).__name__} from {url}")
+    return reply.info
+
+
+def run(args: argparse.Namespace) -> int:
+    url, token = args.url, args.token
+    if args.config:
+        from dosql import config as config_mod
+
+        cfg = config_mod.load(args.config)
+        url = url or cfg.lake.url
+        admin = [t.token for t in cfg.tokens if t.scope == "admin"]
+        token = token or (admin[0] if admin else None)
+    url = url or os.environ.get("DOLAKE_URL")
+    if not url:
+        raise ConfigurationError(
+            "no lake writer address: pass --url ws://host:port, set DOLAKE_URL, "
+            "or --config with lake.url",
+            code="MISSING_CONFIG",
+        )
+    info = expire(url, dry_run=args.dry_run, token=token, timeout=args.timeout)
+    print(json.dumps(info, default=str))
+    return 0
