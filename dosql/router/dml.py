@@ -1,4 +1,7 @@
-"""UPDATE / DELETE on a sharded table that one shard cannot do by itself.
+"""Planning UPDATE / DELETE on a sharded table that one shard cannot do by itself.
+
+This is the planning half; :class:`dosql.router.engine.router_side_dml.RouterSideDml`
+runs the plan.
 
 Used when the statement has subqueries, joins or UPDATE … FROM, or when an
 UPDATE assigns the sharding column (the row may move to another shard). The

@@ -14,7 +14,7 @@ collations, a pushdown found inexact) goes in its own fields.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from dosql.errors import QueryError
@@ -136,10 +136,12 @@ class Context:
         return self.session.tx
 
     def at(self, targets: list[str]) -> Context:
-        return replace(self, targets=targets)
+        return Context(self.ex, self.session, targets, self.shard_limit)
 
     def limited(self, n: int | None) -> Context:
-        return replace(self, shard_limit=n)
+        if n == self.shard_limit:
+            return self
+        return Context(self.ex, self.session, self.targets, n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,13 @@ class GroupAggregate(Operator):
     table: str
     group: groupby.GroupPlan
 
+    def _scatter(self, g: groupby.GroupPlan) -> Scatter:
+        """The partial step's Scatter (kept with the plan it was made for)."""
+        got = g.cache.get("scatter")
+        if got is None:
+            got = g.cache["scatter"] = Scatter(g.pushed, g.pushed_params)
+        return got
+
     async def resolve(self, ctx: Context) -> groupby.GroupPlan:
         """``group``, re-planned once if a name it read as an alias is a table column.
 
@@ -92,7 +99,7 @@ class GroupAggregate(Operator):
         g = await self.resolve(ctx)
         if "colls" not in g.cache:
             await self._learn(ctx, g, ctx.targets[0])
-        parts = await Scatter(g.pushed, g.pushed_params).parts(ctx.limited(None), params)
+        parts = await self._scatter(g).parts(ctx.limited(None), params)
         ex.metrics.observe_read(len(ctx.targets))
         partials = [row for r in parts for row in r.rows]
         rows = await trio.to_thread.run_sync(
@@ -110,6 +117,5 @@ class GroupAggregate(Operator):
     async def describe(self, ctx: Context, params: Any) -> list[Line]:
         g = await self.resolve(ctx)
         head = Line(0, "GroupAggregate", None, g.final, "partials merged in memory (__partials)")
-        scatter = Scatter(g.pushed, g.pushed_params)
-        below = await scatter.describe(ctx.limited(None), params)
+        below = await self._scatter(g).describe(ctx.limited(None), params)
         return [head, *indent(below)]
