@@ -14,11 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dosql.errors import NotSupportedError, QueryError, ValidationError
-from dosql.router.plan import Plan, Value
+from dosql.router.plan import Value
 
 if TYPE_CHECKING:
     import vschema
-    from dosql.router.executor import TableInfo
+    from dosql.router.catalog import TableInfo
 
 
 class InsertRouter:
@@ -26,7 +26,7 @@ class InsertRouter:
 
     def __init__(
         self,
-        p: Plan,
+        p: Any,  # engine.insert.Insert: table, key_column, key_index, insert_rows
         info: TableInfo | None,
         vs: vschema.VSchema,
         null_shards: dict[str, str],

@@ -1,4 +1,7 @@
-"""UPDATE / DELETE on a sharded table that one shard cannot do by itself.
+"""Planning UPDATE / DELETE on a sharded table that one shard cannot do by itself.
+
+This is the planning half; :class:`dosql.router.engine.router_side_dml.RouterSideDml`
+runs the plan.
 
 Used when the statement has subqueries, joins or UPDATE … FROM, or when an
 UPDATE assigns the sharding column (the row may move to another shard). The
@@ -21,22 +24,16 @@ before the statement, as SQLite itself does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from dosql.errors import NotSupportedError, ValidationError
+from dosql.errors import NotSupportedError
 from dosql.router import gather, sqltext
-from dosql.router.pool import ShardResult
-
-if TYPE_CHECKING:
-    from dosql.router.executor import Executor
-    from dosql.router.plan import Plan
-    from dosql.router.transactions import ClientSession, Transaction
-
-SHARD_COL = "__dosql_shard"
-RID_COL = "__dosql_rid"
+from dosql.router import statement as P
+from dosql.router.engine.router_side import RouterSide
+from dosql.router.gather import RID_COL, SHARD_COL
 
 
 @dataclass(frozen=True)
@@ -46,13 +43,11 @@ class DmlSpec:
     qual: str  # how the SELECT names the target (alias or table name)
     sets: tuple[str, ...]  # assigned columns, in SET order (update)
     alternative: str  # "OR REPLACE" … or ""
-    select: Plan  # the gather plan of the SELECT
+    select: RouterSide  # the SELECT of the affected rows (``{columns}``: the target's)
     returning: str = ""  # "RETURNING …" text: then rows are changed one statement each
 
 
 def plan(st: Any, ast: exp.Expression, tname: str, vs: Any) -> DmlSpec:
-    from dosql.router import planner as P
-    from dosql.router.plan import Plan as PlanT
 
     toks = st.toks
     returning = ""
@@ -142,149 +137,9 @@ def plan(st: Any, ast: exp.Expression, tname: str, vs: Any) -> DmlSpec:
     sql = f"SELECT {', '.join(select_list)}, {{columns}} FROM {target_text} {rest}".rstrip()
     if rest:
         spans.append((toks[rest_i].start, end))
-    sel = PlanT("read", sql)
     sel_st = P.Statement(sql.replace("{columns}", f"{q}.*"))
     sel_st.views = st.views
-    sel.gather = gather.build(sel_st, sel_st.ast, vs)
-    sel.gather = gather.Gather(
-        sel.gather.refs,
-        sel.gather.allow_bare,
-        sel.gather.from_names,
-        sel.gather.uses_rowid,
-        tag=tname,
-        views=sel.gather.views,
-    )
-    sel.pushed_params = st.spans_params(spans)
+    g = gather.build(sel_st, sel_st.ast, vs)
+    g = gather.Gather(g.refs, g.allow_bare, g.from_names, g.uses_rowid, tag=tname, views=g.views)
+    sel = RouterSide(sql, g, st.spans_params(spans))
     return DmlSpec(op, tname, qual, tuple(sets), alternative, sel, returning)
-
-
-async def run(ex: Executor, p: Plan, params: Any, session: ClientSession) -> ShardResult:
-    spec: DmlSpec = p.dml
-    name = spec.table
-    schema = await ex.local_schema(name, session.tx)
-    if not schema.has_rowid:
-        raise NotSupportedError(
-            f"this UPDATE/DELETE of WITHOUT ROWID sharded table {name} spans shards or moves "
-            "rows; not supported yet"
-        )
-    q = gather.quote(spec.qual)
-    sel = spec.select
-    cols_sql = ", ".join(f"{q}.{gather.quote(c)}" for c in schema.columns)
-    if "{columns}" in sel.text:
-        sel.text = sel.text.replace("{columns}", cols_sql)
-    sparams = params
-    if sel.pushed_params is not None and isinstance(params, list | tuple):
-        sparams = [params[i] for i in sel.pushed_params if i < len(params)]
-    got = await ex.run_gather(sel, sparams, session)
-    table = ex.vs.table(name)
-    columns = schema.columns
-    ncols = len(columns)
-    nsets = len(spec.sets)
-    key = str(table.column).lower() if table.kind == "sharded" else None
-    lower = [c.lower() for c in columns]
-    ki = lower.index(key) if key in lower else None
-    seen: set[tuple[int, Any]] = set()
-    moved: set[tuple[str, Any]] = set()  # (shard, rowid) of rows that move away
-    updates: dict[str, list[list[Any]]] = {}
-    deletes: dict[str, list[list[Any]]] = {}
-    inserts: dict[str, list[list[Any]]] = {}
-    order = ex.order
-    for row in got.rows:
-        shard_idx, rid = row[0], row[1]
-        if (shard_idx, rid) in seen:
-            continue  # UPDATE … FROM: a row is changed once
-        seen.add((shard_idx, rid))
-        sid = order[shard_idx]
-        if spec.op == "delete":
-            deletes.setdefault(sid, []).append([rid])
-            continue
-        new_vals = list(row[2 : 2 + nsets])
-        full = list(row[2 + nsets : 2 + nsets + ncols])
-        for col, v in zip(spec.sets, new_vals, strict=True):
-            full[lower.index(col.lower())] = v
-        dest = sid
-        if ki is not None and key in (c.lower() for c in spec.sets):
-            dest = _owner(ex, name, full[ki])
-        if dest == sid:
-            updates.setdefault(sid, []).append([*new_vals, rid])
-        else:
-            deletes.setdefault(sid, []).append([rid])
-            moved.add((sid, rid))
-            inserts.setdefault(dest, []).append(full)
-    alt = f" {spec.alternative}" if spec.alternative else ""
-    tq = gather.quote(name)
-    upd_sql = (
-        f"UPDATE{alt} {tq} SET "
-        + ", ".join(f"{gather.quote(c)} = ?" for c in spec.sets)
-        + " WHERE rowid = ?"
-    )
-    del_sql = f"DELETE FROM {tq} WHERE rowid = ?"
-    ins_alt = f" {spec.alternative}" if spec.alternative else ""
-    ins_sql = (
-        f"INSERT{ins_alt} INTO {tq} ({', '.join(gather.quote(c) for c in columns)}) "
-        f"VALUES ({', '.join('?' * ncols)})"
-    )
-    touched = [s for s in order if s in updates or s in deletes or s in inserts]
-    count = len(seen)
-    if not touched:
-        return ShardResult(columns=[], rowcount=0)
-
-    ret = spec.returning
-    moved_del = {sid: [r for r in rows if (sid, r[0]) in moved] for sid, rows in deletes.items()}
-
-    async def many(c: Any, sql: str, seq: list[list[Any]], out: ShardResult) -> None:
-        if not ret:
-            await c.execute_many(sql, seq)
-            return
-        for params in seq:  # RETURNING: one statement per row, its rows collected
-            r = await c.execute(f"{sql} {ret}", params)
-            out.columns, out.decltypes = r.columns, r.decltypes
-            out.rows.extend(r.rows)
-
-    async def body(tx: Transaction | None) -> ShardResult:
-        async def first(sid: str, c: Any) -> ShardResult:
-            out = ShardResult()
-            if sid in deletes:
-                gone = [r for r in deletes[sid] if (sid, r[0]) not in moved]
-                if spec.op == "delete":
-                    await many(c, del_sql, gone, out)
-                elif moved_del.get(sid):
-                    await c.execute_many(del_sql, moved_del[sid])
-            if sid in updates:
-                await many(c, upd_sql, updates[sid], out)
-            return out
-
-        results: list[ShardResult] = []
-        phase1 = [s for s in order if s in updates or s in deletes]
-        if phase1:
-            results += await ex.parallel(phase1, first, tx, write=True)
-
-        async def second(sid: str, c: Any) -> ShardResult:
-            out = ShardResult()
-            await many(c, ins_sql, inserts[sid], out)
-            return out
-
-        phase2 = [s for s in order if s in inserts]
-        if phase2:
-            results += await ex.parallel(phase2, second, tx, write=True)
-        out = ShardResult(columns=[], rowcount=count)
-        for r in results:
-            if r.columns:
-                out.columns, out.decltypes = r.columns, r.decltypes
-            out.rows.extend(r.rows)
-        return out
-
-    return await ex.in_transaction(session, body)
-
-
-def _owner(ex: Executor, name: str, value: Any) -> str:
-    if value is None:
-        shard = ex.null_shards.get(name.lower())
-        if shard is None:
-            raise ValidationError(
-                f"UPDATE of {name}: sharding column {ex.vs.table(name).column} would be NULL",
-                code="SHARDING_KEY_NULL",
-                details={"table": name},
-            )
-        return shard
-    return ex.vs.shard_for(name, value)

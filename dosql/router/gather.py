@@ -32,8 +32,12 @@ from sqlglot import exp
 from sqlglot.tokens import TokenType
 
 from dosql.errors import DoSQLError, NotSupportedError
+from dosql.router import statement as P
+from dosql.router.conditions import _cond
 from dosql.router.plan import Cond
 
+SHARD_COL = "__dosql_shard"  # a tagged table's column: the index of the shard a row came from
+RID_COL = "__dosql_rid"  # a tagged table's column: the row's rowid on that shard
 ROWID_NAMES = frozenset({"rowid", "oid", "_rowid_"})
 _VOLATILE = frozenset(
     {"random", "randomblob", "changes", "total_changes", "last_insert_rowid", "sqlite_offset"}
@@ -114,7 +118,6 @@ def _raw_values(n: int) -> str:
 
 def build(st: Any, ast: exp.Expression, vs: Any) -> Gather:
     """The gather spec of a statement (tables, pushable conjuncts)."""
-    from dosql.router import planner as P
 
     tables = P.physical_tables(ast)
     names = [P._table_name(t) for t in tables]
@@ -172,7 +175,7 @@ def build(st: Any, ast: exp.Expression, vs: Any) -> Gather:
             conds: tuple[Cond, ...] = ()
             key = str(table.column).lower() if table.kind == "sharded" else None
             if key is not None and (key in c.bare or key in c.qualified):
-                cond = P._cond(node, key, {qual})
+                cond = _cond(node, key, {qual})
                 conds = (cond,) if cond is not None else ()
             picked.append(Conjunct(c.text, c.params, c.quals, c.bare, c.qualified, conds))
         refs[name] = GatherRef(name, qual, alias, tuple(picked))
@@ -183,7 +186,6 @@ def _expand_views(
     views: dict[str, str], vs: Any, names: list[str], ddl: list[str], seen: set[str]
 ) -> list[str]:
     """Physical tables behind ``names`` (views replaced by what they read); DDL in order."""
-    from dosql.router import planner as P
 
     out: list[str] = []
     for n in names:

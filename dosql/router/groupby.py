@@ -47,6 +47,7 @@ from sqlglot.tokens import TokenType
 
 from dosql.errors import NotSupportedError
 from dosql.router import sqltext
+from dosql.router import statement as P
 
 _AGGS = ("count", "sum", "total", "min", "max", "avg")
 _IDENT = (TokenType.VAR, TokenType.IDENTIFIER)
@@ -123,7 +124,6 @@ def _fail(why: str) -> NotSupportedError:
 
 def plan(st: Any, ast: exp.Select, columns: frozenset[str] | None = None) -> GroupPlan:
     """The partial-aggregation plan; ``columns``: the table's column names, when known."""
-    from dosql.router import planner as P
 
     toks = st.toks
     if ast.args.get("distinct") or ast.args.get("windows"):

@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from dosql.errors import ConflictError
 
-if TYPE_CHECKING:
-    from dosql.router.transactions import Transaction
+# A waiting or holding transaction, as the graph sees it: a hashable identity
+# (a dosql.router.transactions.Transaction, which imports this module).
+Transaction = Hashable
 
 
 class _Wait:

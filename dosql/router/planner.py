@@ -1,4 +1,4 @@
-"""From SQL text to a :class:`~dosql.router.plan.Plan` (sqlglot, SQLite dialect).
+"""From SQL text to a tree of operators (:mod:`dosql.router.engine`; sqlglot, SQLite dialect).
 
 The planner decides, once per statement text, where a statement goes and
 how results are combined. Every plan is per-shard SQL spliced from the
@@ -27,7 +27,7 @@ then route the rows; UPDATE/DELETE routed like SELECT, or router-side when
 they hold subqueries/joins/FROM or move rows (:mod:`dosql.router.dml`).
 DDL on every shard that holds the table (``default_table`` policy for new
 tables); views live in cluster metadata. ``EXPLAIN`` describes the plan
-(:mod:`dosql.router.explain`); ``EXPLAIN QUERY PLAN`` goes to one shard.
+(:mod:`dosql.router.engine.explain`); ``EXPLAIN QUERY PLAN`` goes to one shard.
 
 Savepoints run on every shard (a SAVEPOINT makes every shard join the router
 transaction, so ROLLBACK TO undoes work on shards touched later too).
@@ -44,17 +44,50 @@ per-shard-only UNIQUE constraint.
 from __future__ import annotations
 
 import re
-import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
-import sqlglot
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from dosql.errors import NotFoundError, NotSupportedError, QueryError
+from dosql.errors import NotSupportedError, QueryError
 from dosql.router import dml, gather, groupby, sqltext
-from dosql.router.plan import AggSpec, Cond, Pin, Plan, RangeCond, Route, SortKey, Value
+from dosql.router.conditions import _conjuncts, _names_for, where_conds
+from dosql.router.engine.aggregate import Aggregate
+from dosql.router.engine.base import Operator
+from dosql.router.engine.concat import Concat
+from dosql.router.engine.create_table_as import CreateTableAs
+from dosql.router.engine.ddl import DDL, DropIndex
+from dosql.router.engine.explain import Explain
+from dosql.router.engine.group_aggregate import GroupAggregate
+from dosql.router.engine.insert import Insert
+from dosql.router.engine.insert_select import InsertSelect
+from dosql.router.engine.limit import Limit
+from dosql.router.engine.merge_sort import MergeSort
+from dosql.router.engine.noop import Noop
+from dosql.router.engine.route import Route
+from dosql.router.engine.router_side import RouterSide
+from dosql.router.engine.router_side_dml import RouterSideDml
+from dosql.router.engine.scatter import Scatter
+from dosql.router.engine.sequence import Sequence
+from dosql.router.engine.sharded_read import ShardedRead
+from dosql.router.engine.transaction import Savepoint, Transaction
+from dosql.router.engine.views import ViewDDL
+from dosql.router.engine.write import Write
+from dosql.router.plan import AggSpec, Pin, Routing, SortKey, Value
 from dosql.router.sqltext import Tok
+from dosql.router.statement import (
+    Statement,
+    _clause_starts,
+    _has_params,
+    _is_internal,
+    _item_expr_span,
+    _refuse,
+    _table_name,
+    _vs_table,
+    physical_tables,
+    value_of,
+)
 
 _INT = re.compile(r"[0-9]+")
 _EXPLAIN = re.compile(r"\s*EXPLAIN\s+(QUERY\s+PLAN\s+)?", re.IGNORECASE)
@@ -79,196 +112,13 @@ def _require_sharding_column(st: Statement, table: str, column: str) -> None:
         )
 
 
-def _refuse(what: str) -> NotSupportedError:
-    return NotSupportedError(what)
-
-
-def _refuse_trigger(words: list[str]) -> None:
-    """CREATE [TEMP] TRIGGER is refused before anything else looks at its text.
-
-    A trigger body holds ``;``-separated statements, so the one-statement check
-    would otherwise answer with a misleading "one statement at a time" error.
-    Triggers are refused because a trigger on one shard sees that shard's rows
-    only (and the shards' change capture owns the tables' triggers).
-    """
-    if words[:1] == ["CREATE"] and "TRIGGER" in words[1:3]:
-        raise _refuse(
-            "CREATE TRIGGER through the router: a trigger would run on each shard over that "
-            "shard's rows only; put the logic in the application or a change-stream consumer"
-        )
-
-
-class Statement:
-    """A statement's text, tokens, parameters and AST."""
-
-    def __init__(self, sql: str) -> None:
-        text = sql.strip()
-        toks = sqltext.tokenize(text)
-        while toks and toks[-1].type == TokenType.SEMICOLON:
-            toks.pop()
-        if not toks:
-            raise QueryError("empty statement: nothing to execute", code="SYNTAX_ERROR")
-        text = text[: toks[-1].end]
-        _refuse_trigger([t.text.upper() for t in toks[:3]])
-        if any(t.type == TokenType.SEMICOLON for t in toks):
-            raise QueryError("you can only execute one statement at a time", code="QUERY_ERROR")
-        if toks[0].text.upper() == "REPLACE":  # REPLACE INTO == INSERT OR REPLACE INTO
-            text = "INSERT OR " + text
-            toks = sqltext.tokenize(text)
-        self.text = text
-        self.toks = toks
-        self.words = [t.text.upper() for t in toks]
-        self.params = sqltext.find_params(text, toks)
-        self._ast: exp.Expression | None = None
-        self.views: dict[str, str] = {}
-
-    @property
-    def ast(self) -> exp.Expression:
-        if self._ast is None:
-            self._ast = _parse(self.text, sqltext.numbered_text(self.text, self.toks, self.params))
-        return self._ast
-
-    def spans_params(self, spans: list[tuple[int, int]]) -> tuple[int, ...] | None:
-        if not self.params.positional:
-            return None
-        out: list[int] = []
-        for span in spans:
-            out.extend(sqltext.positional_in(self.params, self.toks, [span]))
-        return tuple(out)
-
-
-def _parse(original: str, numbered: str) -> exp.Expression:
-    try:
-        tree = sqlglot.parse(numbered, read="sqlite")
-    except sqlglot.errors.ParseError as exc:
-        _syntax_check(original)
-        raise _refuse(
-            f"the router's SQL parser cannot handle this statement ({_first_line(exc)})"
-        ) from None
-    trees = [t for t in tree if t is not None]
-    if len(trees) != 1:
-        raise QueryError("you can only execute one statement at a time", code="QUERY_ERROR")
-    return trees[0]
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
-def _syntax_check(sql: str) -> None:
-    """Raise SYNTAX_ERROR if SQLite itself rejects the text as malformed."""
-    con = sqlite3.connect(":memory:")
-    try:
-        con.execute("EXPLAIN " + sql)
-    except sqlite3.Error as exc:
-        msg = str(exc)
-        if "syntax error" in msg or "incomplete input" in msg or "unrecognized token" in msg:
-            raise QueryError(msg, code="SYNTAX_ERROR") from None
-    finally:
-        con.close()
-
-
 # --------------------------------------------------------------------------- values
-
-
-def value_of(node: exp.Expression | None) -> Value | None:
-    """A pinnable value: literal or parameter; None for anything else."""
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.Placeholder):
-        name = str(node.this or "")
-        idx = sqltext.positional_index(name)
-        return Value(param=idx if idx is not None else name) if name else None
-    if isinstance(node, exp.Null):
-        return Value(const=None)
-    if isinstance(node, exp.Boolean):
-        return Value(const=1 if node.this else 0)
-    if isinstance(node, exp.HexString):
-        if node.args.get("is_integer"):
-            return None
-        try:
-            return Value(const=bytes.fromhex(str(node.this)))
-        except ValueError:
-            return None
-    if isinstance(node, exp.Literal):
-        return _literal(node, negate=False)
-    if isinstance(node, exp.Neg) and isinstance(node.this, exp.Literal):
-        return _literal(node.this, negate=True)
-    return None
-
-
-def _literal(node: exp.Literal, *, negate: bool) -> Value | None:
-    text = str(node.this)
-    if node.is_string:
-        return None if negate else Value(const=text)
-    if _INT.fullmatch(text):
-        n = -int(text) if negate else int(text)
-        if -(2**63) <= n < 2**63:
-            return Value(const=n)
-        return Value(const=float(n))
-    try:
-        f = float(text)
-    except ValueError:
-        return None
-    return Value(const=-f if negate else f)
 
 
 # --------------------------------------------------------------------------- tables
 
 
-def _table_name(t: exp.Table) -> str:
-    db = t.args.get("db")
-    if db is not None and str(db.name).lower() not in ("main", ""):
-        raise _refuse(
-            f"schema-qualified table {db.name}.{t.name}: only the main schema exists "
-            "through the router"
-        )
-    return str(t.name).lower()
-
-
-def _in_tables(ast: exp.Expression) -> list[exp.Table]:
-    """The tables of SQLite's ``x IN tablename`` form (sqlglot parses the name as a column).
-
-    SQLite's grammar reads ``expr IN nm`` / ``expr IN schema.nm`` as a table, never a
-    column, so the statement reads that whole table: it must count as one of the
-    statement's tables (a scatter would see each shard's part only).
-    """
-    out = []
-    for node in ast.find_all(exp.In):
-        field = node.args.get("field")
-        if isinstance(field, exp.Column) and not isinstance(field.this, exp.Star):
-            out.append(exp.Table(this=field.this.copy(), db=field.args.get("table")))
-    return out
-
-
-def physical_tables(ast: exp.Expression) -> list[exp.Table]:
-    ctes = {str(c.alias_or_name).lower() for c in ast.find_all(exp.CTE)}
-    out = []
-    for t in [*ast.find_all(exp.Table), *_in_tables(ast)]:
-        if not t.name:
-            continue
-        if not t.args.get("db") and str(t.name).lower() in ctes:
-            continue
-        out.append(t)
-    return out
-
-
-def _is_internal(name: str) -> bool:
-    return name.startswith("sqlite_")
-
-
-def _vs_table(vs: Any, name: str) -> Any:
-    if not vs.has_table(name):
-        raise NotFoundError(
-            f"no such table: {name} (the VSchema does not list it and it was not created "
-            "through the router)",
-            code="TABLE_NOT_FOUND",
-            details={"table": name},
-        )
-    return vs.table(name)
-
-
-def _whole_route(vs: Any, names: list[str], *, write: bool) -> Route:
+def _whole_route(vs: Any, names: list[str], *, write: bool) -> Routing:
     """Route for a statement whose tables are all reference/unsharded/internal."""
     shards: set[str] = set()
     any_ref = False
@@ -293,128 +143,39 @@ def _whole_route(vs: Any, names: list[str], *, write: bool) -> Route:
             + "); cross-shard joins come in a later version"
         )
     if shards:
-        return Route("shard", shard=shards.pop())
+        return Routing("shard", shard=shards.pop())
     if any_ref:
-        return Route("all") if write else Route("any")
-    return Route("shard", shard=vs.default_shard)
+        return Routing("all") if write else Routing("any")
+    return Routing("shard", shard=vs.default_shard)
 
 
 # --------------------------------------------------------------------------- WHERE analysis
 
 
-def _is_key_column(node: exp.Expression, column: str, names: set[str]) -> bool:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if not isinstance(node, exp.Column):
-        return False
-    if str(node.name).lower() != column:
-        return False
-    qual = str(node.table).lower() if node.table else ""
-    return not qual or qual in names
-
-
-def _conjuncts(node: exp.Expression | None) -> list[exp.Expression]:
-    if node is None:
-        return []
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.And):
-        return _conjuncts(node.this) + _conjuncts(node.expression)
-    return [node]
-
-
-def _cond(node: exp.Expression, column: str, names: set[str]) -> Cond | None:
-    while isinstance(node, exp.Paren):
-        node = node.this
-    if isinstance(node, exp.EQ):
-        for col, val in ((node.this, node.expression), (node.expression, node.this)):
-            if _is_key_column(col, column, names):
-                v = value_of(val)
-                if v is not None:
-                    return Pin((v,))
-        return None
-    if isinstance(node, exp.In):
-        if node.args.get("query") or node.args.get("unnest") or node.args.get("field"):
-            return None
-        if not _is_key_column(node.this, column, names):
-            return None
-        values = [value_of(e) for e in node.expressions]
-        if not values or any(v is None for v in values):
-            return None
-        return Pin(tuple(v for v in values if v is not None))
-    if isinstance(node, exp.Or):
-        left = _cond(node.this, column, names)
-        right = _cond(node.expression, column, names)
-        if isinstance(left, Pin) and isinstance(right, Pin):
-            return Pin(left.values + right.values)
-        return None
-    if isinstance(node, exp.Between):
-        if node.args.get("symmetric") or not _is_key_column(node.this, column, names):
-            return None
-        low, high = value_of(node.args.get("low")), value_of(node.args.get("high"))
-        if low is None or high is None:
-            return None
-        return RangeCond(low, high, True, True)
-    ops = {exp.GT: (">", False), exp.GTE: (">", True), exp.LT: ("<", False), exp.LTE: ("<", True)}
-    for cls, (op, inclusive) in ops.items():
-        if type(node) is cls:
-            if _is_key_column(node.this, column, names):
-                v, direction = value_of(node.expression), op
-            elif _is_key_column(node.expression, column, names):
-                v, direction = value_of(node.this), "<" if op == ">" else ">"
-            else:
-                return None
-            if v is None:
-                return None
-            if direction == ">":
-                return RangeCond(v, None, inclusive, True)
-            return RangeCond(None, v, True, inclusive)
-    return None
-
-
-def where_conds(where: exp.Expression | None, column: str, names: set[str]) -> tuple[Cond, ...]:
-    out = []
-    for c in _conjuncts(where.this if isinstance(where, exp.Where) else where):
-        cond = _cond(c, column, names)
-        if cond is not None:
-            out.append(cond)
-    return tuple(out)
-
-
-def _names_for(t: exp.Table) -> set[str]:
-    names = {str(t.name).lower()}
-    if t.alias:
-        names = {str(t.alias).lower()}
-    return names
-
-
 # --------------------------------------------------------------------------- planner
 
 
-def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Plan:
+def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Operator:
     """``views``: views created through the router, name (lower case) -> CREATE VIEW text."""
     st = Statement(sql)
     st.views = views or {}
     first = st.words[0]
     if first == "BEGIN":
         mode = st.words[1] if len(st.words) > 1 else "DEFERRED"
-        return Plan(
-            "tx",
-            st.text,
-            tx_op="begin",
-            tx_mode="immediate" if mode in ("IMMEDIATE", "EXCLUSIVE") else "deferred",
+        return Transaction(
+            st.text, "begin", "immediate" if mode in ("IMMEDIATE", "EXCLUSIVE") else "deferred"
         )
     if first in ("COMMIT", "END"):
-        return Plan("tx", st.text, tx_op="commit")
+        return Transaction(st.text, "commit")
     if first == "ROLLBACK":
         if "TO" in st.words:  # ROLLBACK [TRANSACTION] TO [SAVEPOINT] name
-            return Plan("tx", st.text, tx_op="rollback_to", table=st.toks[-1].text.strip('"`[]'))
-        return Plan("tx", st.text, tx_op="rollback")
+            return Savepoint(st.text, "rollback_to", st.toks[-1].text.strip('"`[]'))
+        return Transaction(st.text, "rollback")
     if first in ("SAVEPOINT", "RELEASE"):
         if len(st.toks) < 2:
             raise QueryError(f"{first} needs a savepoint name", code="SYNTAX_ERROR")
         op = "savepoint" if first == "SAVEPOINT" else "release"
-        return Plan("tx", st.text, tx_op=op, table=st.toks[-1].text.strip('"`[]'))
+        return Savepoint(st.text, op, st.toks[-1].text.strip('"`[]'))
     if first == "EXPLAIN":
         if len(st.toks) < 2:
             raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
@@ -424,13 +185,15 @@ def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Plan:
             raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
         inner = plan(rest, vs, views)  # views: EXPLAIN of a statement that reads one
         if m and m.group(1):  # EXPLAIN QUERY PLAN: SQLite's own plan, from one shard
-            route = inner.route if inner.route and inner.route.kind == "shard" else Route("any")
-            return Plan("read", st.text, route=route)
-        return Plan("explain", st.text, inner=inner)
+            routing = _routing_of(inner)
+            if routing is None or routing.kind != "shard":
+                routing = Routing("any")
+            return Route(st.text, routing)
+        return Explain(st.text, inner)
     if first in ("ATTACH", "DETACH"):
         raise _refuse(f"{first}: shards manage their own databases")
     if first in ("VACUUM", "ANALYZE", "REINDEX"):
-        return Plan("write", st.text, route=Route("all"), is_write=True, needs_tx=False)
+        return Write(st.text, Routing("all"), needs_tx=False)
     if first == "PRAGMA":
         return _plan_pragma(st, vs)
     if first in ("CREATE", "DROP", "ALTER"):
@@ -445,36 +208,47 @@ def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Plan:
     raise _refuse(f"statement type {first} is not supported by the router")
 
 
-def _plan_pragma(st: Statement, vs: Any) -> Plan:
+def _plan_pragma(st: Statement, vs: Any) -> Operator:
     write = "=" in st.words
-    route = Route("shard", shard=vs.default_shard)
+    route = Routing("shard", shard=vs.default_shard)
     for t in st.toks[1:]:
         if t.type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.STRING):
             name = t.text.lower()
             if vs.has_table(name):
                 table = vs.table(name)
                 if table.kind == "unsharded":
-                    route = Route("shard", shard=table.shard)
+                    route = Routing("shard", shard=table.shard)
                 break
     if write:
         raise _refuse("PRAGMA assignments through the router: configure shards instead")
-    return Plan("read", st.text, route=route)
+    return Route(st.text, route)
 
 
 # --------------------------------------------------------------------------- SELECT
 
 
-def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
+def _routing_of(op: Operator) -> Routing | None:
+    """The routing of a plan whose statement goes to shards as written (None: none)."""
+    if isinstance(op, ShardedRead):
+        return op.route.routing
+    return getattr(op, "routing", None)
+
+
+def _router_side(st: Statement, ast: exp.Expression, vs: Any) -> RouterSide:
+    return RouterSide(st.text, gather.build(st, ast, vs))
+
+
+def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Operator:
     tables = physical_tables(ast)
     names = [_table_name(t) for t in tables]
     if st.views and any(n in st.views and not vs.has_table(n) for n in names):
-        return Plan("read", st.text, gather=gather.build(st, ast, vs))  # views: router-side
+        return _router_side(st, ast, vs)  # views: router-side
     sharded = [n for n in names if not _is_internal(n) and _vs_table(vs, n).kind == "sharded"]
     if not sharded:
         try:
-            return Plan("read", st.text, route=_whole_route(vs, names, write=False))
+            return Route(st.text, _whole_route(vs, names, write=False))
         except NotSupportedError:  # unsharded tables on several shards
-            return Plan("read", st.text, gather=gather.build(st, ast, vs))
+            return _router_side(st, ast, vs)
     name = sharded[0]
     from_ = ast.args.get("from_") or ast.args.get("from") if isinstance(ast, exp.Select) else None
     if (
@@ -485,38 +259,73 @@ def _plan_select(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
         or from_.this is not tables[0]
         or ast.args.get("joins")
     ):
-        p = Plan("read", st.text, gather=gather.build(st, ast, vs))
+        fallback = _router_side(st, ast, vs)
         co = _colocated(ast, tables, vs) if isinstance(ast, exp.Select) else None
-        if co is not None:  # one shard holds every joined row: the statement as written
-            p.route, p.table = co, co.table
-            p.cache["colocated"] = sorted({_table_name(t) for t in tables})
-            p.refuse_scatter = "a co-located join over several shards runs router-side"
-        return p
+        if co is None:
+            return fallback
+        # one shard holds every joined row: the statement as written
+        return ShardedRead(
+            Route(st.text, co),
+            fallback=fallback,
+            refuse="a co-located join over several shards runs router-side",
+            colocated=tuple(sorted({_table_name(t) for t in tables})),
+        )
     table = vs.table(name)
     conds = where_conds(ast.args.get("where"), str(table.column).lower(), _names_for(tables[0]))
-    route = Route("sharded", table=name, conds=conds)
-    p = Plan("read", st.text, route=route, table=name)
+    route = Route(st.text, Routing("sharded", table=name, conds=conds))
+    m = _Merge()
+    refuse: str | None = None
     try:
-        _plan_merge(st, ast, p)
+        _plan_merge(st, ast, m)
     except NotSupportedError as exc:
         # Still fine when the route pins a single shard; decided at run time.
-        p.refuse_scatter = exc.message
-    if p.refuse_scatter and ast.args.get("group"):
+        refuse = exc.message
+    multi: Operator | None = None if refuse else _merge_tree(m)
+    if refuse and ast.args.get("group"):
         try:
-            p.group = groupby.plan(st, ast)
+            multi = GroupAggregate(st.text, name, groupby.plan(st, ast))
         except NotSupportedError:
-            p.group = None
+            multi = None
     # Always kept: the fallback when a pushdown turns out inexact at run time (a
     # shard row the merge would have dropped cannot be read, a GROUP BY name is a
     # column after all); used up front when the statement cannot be pushed down.
     try:
-        p.gather = gather.build(st, ast, vs)
+        fallback: RouterSide | None = _router_side(st, ast, vs)
     except NotSupportedError:
-        p.gather = None  # refused at run time if it needs several shards
-    return p
+        fallback = None  # refused at run time if it needs several shards
+    return ShardedRead(route, multi=multi, fallback=fallback, refuse=refuse)
 
 
-def _colocated(ast: exp.Select, tables: list[exp.Table], vs: Any) -> Route | None:
+@dataclass
+class _Merge:
+    """What :func:`_plan_merge` finds out about a single-table SELECT's pushdown."""
+
+    pushed: str = ""
+    pushed_params: tuple[int, ...] | None = None
+    n_hidden: int = 0
+    order: tuple[SortKey, ...] = ()
+    limit: Value | None = None
+    offset: Value | None = None
+    aggregates: tuple[AggSpec, ...] | None = None
+    probe_from: str | None = None
+
+
+def _merge_tree(m: _Merge) -> Operator:
+    """Scatter the pushed SQL; merge by aggregates, sort keys or concatenation; then limit."""
+    scatter = Scatter(m.pushed, m.pushed_params, m.n_hidden)
+    op: Operator
+    if m.aggregates is not None:
+        op = Aggregate(scatter, m.aggregates, m.probe_from)
+    elif m.order:
+        op = MergeSort(scatter, m.order, m.probe_from)
+    else:
+        op = Concat(scatter)
+    if m.limit is not None or m.offset is not None:
+        op = Limit(op, m.limit, m.offset)
+    return op
+
+
+def _colocated(ast: exp.Select, tables: list[exp.Table], vs: Any) -> Routing | None:
     """A route pinning a join whose sharded tables are all joined on their sharding keys.
 
     Every sharded table must be a top-level FROM/JOIN source (inner, comma, CROSS or
@@ -589,37 +398,8 @@ def _colocated(ast: exp.Select, tables: list[exp.Table], vs: Any) -> Route | Non
         conds = where_conds(where, str(table.column).lower(), {qual})
         conds = tuple(c for c in conds if isinstance(c, Pin))
         if conds:
-            return Route("sharded", table=name, conds=conds)
+            return Routing("sharded", table=name, conds=conds)
     return None
-
-
-def _clause_starts(st: Statement, from_i: int) -> dict[TokenType, int]:
-    wanted = {
-        TokenType.WHERE,
-        TokenType.GROUP_BY,
-        TokenType.HAVING,
-        TokenType.ORDER_BY,
-        TokenType.LIMIT,
-        TokenType.OFFSET,
-        TokenType.WINDOW,
-    }
-    out: dict[TokenType, int] = {}
-    for i in range(from_i + 1, len(st.toks)):
-        t = st.toks[i]
-        if t.depth == 0 and t.type in wanted and t.type not in out:
-            out[t.type] = i
-    return out
-
-
-def _item_expr_span(st: Statement, a: int, b: int, item: exp.Expression) -> tuple[int, int]:
-    """Token range of a select item without its alias."""
-    if not isinstance(item, exp.Alias):
-        return a, b
-    depth = st.toks[a].depth
-    for i in range(b - 1, a - 1, -1):
-        if st.toks[i].type == TokenType.ALIAS and st.toks[i].depth == depth:
-            return a, i
-    return a, b - 1
 
 
 def _agg_of(node: exp.Expression) -> str | None:
@@ -637,7 +417,7 @@ def _contains_agg(node: exp.Expression) -> bool:
     return any(_agg_of(n) is not None for n in node.walk())
 
 
-def _plan_merge(st: Statement, ast: exp.Select, p: Plan) -> None:
+def _plan_merge(st: Statement, ast: exp.Select, p: _Merge) -> None:
     toks = st.toks
     if ast.args.get("distinct"):
         raise _refuse("SELECT DISTINCT over several shards is not supported yet")
@@ -726,12 +506,6 @@ def _plan_merge(st: Statement, ast: exp.Select, p: Plan) -> None:
     p.order = tuple(keys)
 
 
-def _has_params(st: Statement, span: tuple[int, int]) -> bool:
-    if st.params.named:
-        return any(t.type == TokenType.COLON and span[0] <= t.start < span[1] for t in st.toks)
-    return bool(sqltext.positional_in(st.params, st.toks, [span]))
-
-
 def _key_text(
     st: Statement,
     ast: exp.Select,
@@ -780,7 +554,7 @@ def _key_text(
 def _plan_aggregates(
     st: Statement,
     ast: exp.Select,
-    p: Plan,
+    p: _Merge,
     items: list[tuple[int, int]],
     head_span: tuple[int, int],
     from_char: int,
@@ -839,7 +613,7 @@ def _plan_aggregates(
 # --------------------------------------------------------------------------- writes
 
 
-def _plan_update_delete(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
+def _plan_update_delete(st: Statement, ast: exp.Expression, vs: Any) -> Operator:
     target = ast.this if isinstance(ast.this, exp.Table) else None
     if target is None:
         raise _refuse("could not find the table this statement writes")
@@ -853,10 +627,8 @@ def _plan_update_delete(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
         except NotSupportedError:
             if table.kind != "unsharded":
                 raise
-            p = Plan("write", st.text, is_write=True, table=tname)  # reads sharded tables
-            p.dml = dml.plan(st, ast, tname, vs)
-            return p
-        return Plan("write", st.text, route=route, is_write=True, table=tname)
+            return RouterSideDml(st.text, dml.plan(st, ast, tname, vs))  # reads sharded tables
+        return Write(st.text, route, table=tname)
     column = str(table.column).lower()
     moves = False
     if isinstance(ast, exp.Update):
@@ -867,23 +639,15 @@ def _plan_update_delete(st: Statement, ast: exp.Expression, vs: Any) -> Plan:
                     moves = True
     if moves or len(tables) > 1 or ast.args.get("from_") or ast.args.get("using"):
         # subqueries, joins, UPDATE … FROM, or rows that may move: answered router-side
-        p = Plan("write", st.text, is_write=True, table=tname)
-        p.dml = dml.plan(st, ast, tname, vs)
-        return p
+        return RouterSideDml(st.text, dml.plan(st, ast, tname, vs))
     conds = where_conds(ast.args.get("where"), column, _names_for(target))
-    p = Plan(
-        "write",
-        st.text,
-        route=Route("sharded", table=tname, conds=conds),
-        is_write=True,
-        table=tname,
-    )
+    refuse = None
     if ast.args.get("order") or ast.args.get("limit"):
-        p.refuse_scatter = "UPDATE/DELETE with ORDER BY or LIMIT over several shards"
-    return p
+        refuse = "UPDATE/DELETE with ORDER BY or LIMIT over several shards"
+    return Write(st.text, Routing("sharded", table=tname, conds=conds), table=tname, refuse=refuse)
 
 
-def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
+def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Operator:
     target = ast.this
     columns: list[str] | None = None
     if isinstance(target, exp.Schema):
@@ -899,7 +663,7 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
             route = _whole_route(vs, names, write=True)
         except NotSupportedError:  # reads sharded tables: run the source through the router
             return _plan_insert_select(st, ast, tname, columns)
-        return Plan("write", st.text, route=route, is_write=True, table=tname)
+        return Write(st.text, route, table=tname)
     column = str(table.column).lower()
     source = ast.expression
     if ast.args.get("default"):
@@ -960,17 +724,14 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
         row_params = st.spans_params([(toks[a].start, toks[b].end)]) or ()
         rows.append((v, toks[a].start, toks[b].end, row_params))
     head, tail = toks[rows_tok[0][0]].start, toks[rows_tok[-1][1]].end
-    p = Plan(
-        "insert",
+    p = Insert(
         st.text,
-        route=Route("sharded", table=tname),
-        is_write=True,
         table=tname,
+        key_column=column,
+        key_index=key_index,
         insert_rows=tuple(rows),
         insert_head=head,
         insert_tail=tail,
-        key_column=column,
-        key_index=key_index,
     )
     p.cache["head_params"] = st.spans_params([(0, head)]) or ()
     p.cache["tail_params"] = st.spans_params([(tail, len(st.text))]) or ()
@@ -982,12 +743,12 @@ def _plan_insert(st: Statement, ast: exp.Insert, vs: Any) -> Plan:
             st.spans_params([(toks[vi].start, tail)]),
             tuple(columns) if columns is not None else None,
         )
-    return p
+    return Sequence(p)  # rows that leave their id out get one from the table's sequence
 
 
 def _plan_insert_select(
     st: Statement, ast: exp.Insert, tname: str, columns: list[str] | None
-) -> Plan:
+) -> Operator:
     """INSERT … SELECT (or VALUES with expressions): the source runs through the router."""
     if ast.args.get("returning"):
         raise _refuse("RETURNING on an INSERT … SELECT that spans shards is not supported yet")
@@ -1009,12 +770,14 @@ def _plan_insert_select(
     head = st.text[: toks[start].start]
     if _has_params(st, (0, toks[start].start)):
         raise _refuse("parameters before the SELECT of an INSERT … SELECT")
-    p = Plan("write", st.text, is_write=True, table=tname)
-    p.source_sql = st.text[toks[start].start :]
-    p.source_params = st.spans_params([(toks[start].start, len(st.text))])
-    p.insert_columns = tuple(columns) if columns is not None else None
-    p.insert_sql = head
-    return p
+    return InsertSelect(
+        st.text,
+        table=tname,
+        source_sql=st.text[toks[start].start :],
+        source_params=st.spans_params([(toks[start].start, len(st.text))]),
+        columns=tuple(columns) if columns is not None else None,
+        insert_sql=head,
+    )
 
 
 # --------------------------------------------------------------------------- DDL
@@ -1039,14 +802,14 @@ def _skip_if_exists(words: list[str], i: int, *, negated: bool) -> tuple[bool, i
     return False, i
 
 
-def _table_targets(vs: Any, name: str) -> Route:
+def _table_targets(vs: Any, name: str) -> Routing:
     table = _vs_table(vs, name)
     if table.kind == "unsharded":
-        return Route("shard", shard=table.shard)
-    return Route("all")
+        return Routing("shard", shard=table.shard)
+    return Routing("all")
 
 
-def _plan_ddl(st: Statement, vs: Any) -> Plan:
+def _plan_ddl(st: Statement, vs: Any) -> Operator:
     w, toks = st.words, st.toks
     if w[0] == "CREATE":
         i = 1
@@ -1069,24 +832,18 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
                     raise QueryError(
                         "parameters are not allowed in CREATE TABLE … AS", code="QUERY_ERROR"
                     )
-                p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_table_as")
-                p.if_exists = exists
-                p.source_sql = st.text[toks[i + 1].start :]
-                src = Statement(p.source_sql)
+                src = Statement(st.text[toks[i + 1].start :])
                 src.views = st.views
                 if not isinstance(src.ast, exp.Query):
                     raise QueryError("CREATE TABLE … AS needs a SELECT", code="SYNTAX_ERROR")
-                p.gather = gather.build(src, src.ast, vs)
-                return p
-            p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_table")
-            p.if_exists = exists
+                source = RouterSide(src.text, gather.build(src, src.ast, vs))
+                return CreateTableAs(st.text, name, source, if_exists=exists)
             if vs.has_table(name):
                 table = vs.table(name)
                 if table.kind == "sharded":
                     _require_sharding_column(st, name, str(table.column))
-                p.route = _table_targets(vs, name)
-                p.ddl_learn = "listed" if table.kind == "sharded" else None
-                return p
+                learn = "listed" if table.kind == "sharded" else None
+                return DDL(st.text, _table_targets(vs, name), "create_table", name, learn, exists)
             policy = vs.default_table
             if policy == "refuse":
                 raise NotSupportedError(
@@ -1095,25 +852,17 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
                     details={"table": name},
                 )
             if policy == "unsharded":
-                p.route = Route("shard", shard=vs.default_shard)
+                routing = Routing("shard", shard=vs.default_shard)
             else:
-                p.route = Route("all")
-            p.ddl_learn = "policy"
-            return p
+                routing = Routing("all")
+            return DDL(st.text, routing, "create_table", name, "policy", exists)
         if kind == "INDEX":
             _, i = _skip_if_exists(w, i + 1, negated=True)
             _, i = _ident(toks, i)
             if i >= len(w) or w[i] != "ON":
                 raise QueryError("CREATE INDEX needs ON <table>", code="SYNTAX_ERROR")
             tname, _ = _ident(toks, i + 1)
-            return Plan(
-                "ddl",
-                st.text,
-                route=_table_targets(vs, tname),
-                is_write=True,
-                table=tname,
-                ddl_action="create_index",
-            )
+            return DDL(st.text, _table_targets(vs, tname), "create_index", tname)
         if kind == "VIEW":
             exists, i = _skip_if_exists(w, i + 1, negated=True)
             name, i = _ident(toks, i)
@@ -1128,9 +877,7 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
             if body.params.positional or body.params.named:
                 raise QueryError("parameters are not allowed in views", code="QUERY_ERROR")
             body.ast  # noqa: B018 — parse now: a view the router cannot parse is refused here
-            p = Plan("ddl", st.text, is_write=True, table=name, ddl_action="create_view")
-            p.if_exists = exists or name in st.views
-            return p
+            return ViewDDL(st.text, "create_view", name, exists or name in st.views)
         raise _refuse(f"CREATE {kind} through the router is not supported yet")
     if w[0] == "DROP":
         kind = w[1] if len(w) > 1 else ""
@@ -1139,34 +886,18 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
             name, _ = _ident(toks, i)
             if not vs.has_table(name):
                 if exists:
-                    return Plan("noop", st.text, is_write=True)
+                    return Noop(st.text)
                 _vs_table(vs, name)
-            return Plan(
-                "ddl",
-                st.text,
-                route=_table_targets(vs, name),
-                is_write=True,
-                table=name,
-                ddl_action="drop_table",
-                if_exists=exists,
-            )
+            return DDL(st.text, _table_targets(vs, name), "drop_table", name, if_exists=exists)
         if kind == "INDEX":
-            return Plan(
-                "ddl",
-                st.text,
-                route=Route("all"),
-                is_write=True,
-                ddl_action="drop_index",
-                tolerate_missing=True,
-                if_exists=exists,
-            )
+            return DropIndex(st.text, if_exists=exists)
         if kind == "VIEW":
             name, _ = _ident(toks, i)
             if name not in st.views:
                 if exists:
-                    return Plan("noop", st.text, is_write=True)
+                    return Noop(st.text)
                 raise QueryError(f"no such view: {name}", code="QUERY_ERROR")
-            return Plan("ddl", st.text, is_write=True, table=name, ddl_action="drop_view")
+            return ViewDDL(st.text, "drop_view", name)
         raise _refuse(f"DROP {kind} through the router is not supported yet")
     if w[0] == "ALTER":
         if len(w) < 3 or w[1] != "TABLE":
@@ -1181,12 +912,5 @@ def _plan_ddl(st: Statement, vs: Any) -> Plan:
             j = i + 1 + (1 if len(rest) > 1 and rest[1] == "COLUMN" else 0)
             if j < len(toks) and toks[j].text.lower() == column:
                 raise _refuse(f"renaming or dropping sharding column {column} of table {name}")
-        return Plan(
-            "ddl",
-            st.text,
-            route=_table_targets(vs, name),
-            is_write=True,
-            table=name,
-            ddl_action="alter",
-        )
+        return DDL(st.text, _table_targets(vs, name), "alter", name)
     raise _refuse(f"statement {w[0]} is not supported by the router")

@@ -44,13 +44,15 @@ import trio
 from sqlglot.tokens import TokenType
 
 from dosql import protocol
-from dosql.errors import DoSQLError, NotSupportedError, QueryError, ValidationError
+from dosql.errors import DoSQLError, QueryError, ValidationError
 from dosql.router import sqltext
-from dosql.router.batch import InsertRouter
-from dosql.router.plan import Plan, Value
+from dosql.router.plan import Value
+from dosql.router.statement import value_of
 
 if TYPE_CHECKING:
-    from dosql.router.executor import Executor, TableInfo
+    from dosql.router.catalog import TableInfo
+    from dosql.router.engine.base import Services as Executor
+    from dosql.router.engine.insert import Insert as Plan
 
 ID_PARAM = "__dosql_seq_id"  # the named parameter added for a column the INSERT left out
 
@@ -185,11 +187,11 @@ async def _floor(ex: Executor, spec: SeqSpec, session: Any) -> int:
     """
     q = ex.plan(f"SELECT max({_quote(spec.column)}) FROM {_quote(spec.table)}")
     try:
-        seen = await ex.run_read(q, None, type(session)("admin"))
+        seen = await ex.run_plan(q, None, type(session)("admin"))
     except DoSQLError as exc:
         if session.tx is None or "no such table" not in exc.message:
             raise
-        seen = await ex.run_read(q, None, session)
+        seen = await ex.run_plan(q, None, session)
     top = seen.rows[0][0] if seen.rows and isinstance(seen.rows[0][0], int) else 0
     return top + 1
 
@@ -303,8 +305,6 @@ def _slot(row: str, pos: int, row_params: tuple[int, ...], named_uses: dict[str,
         node = sqlglot.parse_one("SELECT " + text, read="sqlite").expressions[0]
     except Exception:
         return Slot("other")
-    from dosql.router.planner import value_of  # the planner imports the executor's modules
-
     v = value_of(node)
     return Slot("value", const=v.const) if v is not None and v.param is None else Slot("other")
 
@@ -358,129 +358,7 @@ def is_named(params: Any) -> bool:
 # --------------------------------------------------------------------------- running
 
 
-async def run_insert(ex: Executor, p: Plan, params: Any, session: Any) -> Any:
-    """Run an INSERT … VALUES whose rows need ids; None when none does (run it as usual).
-
-    Raises SEQUENCE_REQUIRED for a listed table whose rowid alias has no sequence.
-    """
-    name = str(p.table)
-    spec = spec_for(ex, name)
-    info = await ex._learn_column_type(name, session.tx)
-    if spec is None:
-        guard = guarded_column(ex, name, info)
-        if guard is not None and any(s.missing(params) for s in slots(p, guard, info)):
-            raise sequence_required(name, guard)
-        return None
-    row_slots = slots(p, spec.column, info)
-    states = [s.missing(params) for s in row_slots]
-    given = [_given(s, params) for s, m in zip(row_slots, states, strict=True) if m is False]
-    if given:
-        ex.seq_ids.observe(spec.sequence, given)
-    if all(m is False for m in states):
-        return None
-    check_column(spec, info)
-    if len(row_slots) == 1 and row_slots[0].kind in ("absent", "param") and states[0]:
-        return await _run_one(ex, p, spec, row_slots[0], params, session, info)
-    if "as_select" in p.cache:  # evaluate the rows, fill in ids, route them
-        head, source, source_params, columns = p.cache["as_select"]
-        q = Plan("write", p.text, is_write=True, table=p.table)
-        q.insert_sql, q.source_sql = head, source
-        q.source_params, q.insert_columns = source_params, columns
-        return await ex.run_insert_select(q, params, session)
-    raise NotSupportedError(
-        f"INSERT … RETURNING / ON CONFLICT into {name} with several rows, or with an expression "
-        f"or NULL literal for {spec.column}: the router cannot fill in ids from sequence "
-        f"{spec.sequence} there; give {spec.column} as a ? parameter, leave it out, or insert "
-        "one row at a time"
-    )
-
-
-async def _run_one(
-    ex: Executor,
-    p: Plan,
-    spec: SeqSpec,
-    slot: Slot,
-    params: Any,
-    session: Any,
-    info: TableInfo | None,
-) -> Any:
-    (new_id,) = await next_ids(ex, spec, 1, session)
-    sql = p.text if slot.kind == "param" else with_column(p, spec.column, is_named(params))
-    bound = fill(p, slot, params, new_id)
-    name = str(p.table)
-    if spec.column == str(ex.vs.table(name).column).lower():
-        sid = ex.vs.shard_for(name, new_id)
-    else:
-        router = InsertRouter(p, info, ex.vs, ex.null_shards)
-        sid = router.shard_of(
-            router.key_of(p.insert_rows[0][0]), bound if slot.kind == "param" else params
-        )
-
-    async def body(tx: Any) -> Any:
-        (out,) = await ex.parallel(
-            [sid], lambda _s, c: c.execute(sql, bound, timeout_ms=ex.query_timeout_ms), tx
-        )
-        out.lastrowid = new_id
-        return out
-
-    return await ex._in_write_tx(session, [sid], body)
-
-
-LOOP = "loop"  # run_many: execute the parameter sets one by one (each gets its ids)
-
-
-async def plan_many(
-    ex: Executor, p: Plan, seq: list[Any], info: TableInfo | None, session: Any
-) -> Any:
-    """executemany of a one-row INSERT: ``(sql, per_shard, last_id)`` with ids filled in,
-    None when no row needs one, or :data:`LOOP`."""
-    name = str(p.table)
-    spec = spec_for(ex, name)
-    if spec is None:
-        guard = guarded_column(ex, name, info)
-        if guard is not None:
-            (slot,) = slots(p, guard, info)
-            if any(slot.missing(params) for params in seq):
-                raise sequence_required(name, guard)
-        return None
-    (slot,) = slots(p, spec.column, info)
-    ref = slot.ref
-    if slot.kind == "param" and type(ref) is int:  # the common batch: ids as ? parameters
-        values = [
-            params[ref] if type(params) is list and ref < len(params) else _given(slot, params)
-            for params in seq
-        ]
-        states: list[bool | None] = [v is None for v in values]
-        ex.seq_ids.observe(spec.sequence, values)
-    else:
-        states = [slot.missing(params) for params in seq]
-        if slot.kind in ("param", "value"):
-            given = [_given(slot, params) for params, m in zip(seq, states, strict=True) if not m]
-            ex.seq_ids.observe(spec.sequence, given)
-    if not any(m is not False for m in states):
-        return None
-    check_column(spec, info)
-    if slot.kind not in ("absent", "param"):
-        return LOOP
-    need = [i for i, m in enumerate(states) if m]
-    ids = await next_ids(ex, spec, len(need), session)
-    out = list(seq)
-    for i, new_id in zip(need, ids, strict=True):
-        out[i] = fill(p, slot, seq[i], new_id)
-    named = is_named(seq[0])
-    sql = p.text if slot.kind == "param" else with_column(p, spec.column, named)
-    per_shard: dict[str, list[Any]]
-    if spec.column == str(ex.vs.table(name).column).lower() and slot.kind == "absent":
-        route = ex.vs.shard_router(name)
-        per_shard = {}
-        for params, new_id in zip(out, ids, strict=True):
-            per_shard.setdefault(route(new_id), []).append(params)
-    else:  # the key's parameter index is the same in the filled-in sets
-        per_shard = InsertRouter(p, info, ex.vs, ex.null_shards).group(out)
-    return sql, per_shard, ids[-1] if ids else None
-
-
-def _given(slot: Slot, params: Any) -> Any:
+def given(slot: Slot, params: Any) -> Any:
     """The id a row gives explicitly (slot kind param or value)."""
     return slot.const if slot.kind == "value" else Value(param=slot.ref).bind(params)
 
@@ -497,8 +375,8 @@ def _unquote(text: str) -> str:
 
 __all__ = [
     "ID_PARAM",
-    "LOOP",
     "check_column",
+    "given",
     "IdBlocks",
     "SeqSpec",
     "Slot",
@@ -506,8 +384,6 @@ __all__ = [
     "guarded_column",
     "is_named",
     "next_ids",
-    "plan_many",
-    "run_insert",
     "sequence_required",
     "slots",
     "spec_for",

@@ -42,14 +42,15 @@ from dosql.errors import (
     RPCError,
     ValidationError,
 )
+from dosql.router.engine.base import Operator
+from dosql.router.engine.transaction import Savepoint
+from dosql.router.engine.transaction import Transaction as TransactionOp
 from dosql.router.executor import Executor
 from dosql.router.metrics import RouterMetrics
-from dosql.router.plan import Plan
 from dosql.router.pool import ShardPool, ShardResult
 from dosql.router.resolver import Resolver, transaction_status
-from dosql.router.session import FAILED, TxState
+from dosql.router.session import FAILED, ClientSession, TxState
 from dosql.router.transactions import (
-    ClientSession,
     Transaction,
     no_transaction,
     tx_aborted_by_shard,
@@ -284,7 +285,7 @@ class Router:
             self.metrics.queries.labels(kind).inc()
             logs.trace_id.reset(token)
 
-    async def _plan(self, sql: str) -> Plan:
+    async def _plan(self, sql: str) -> Operator:
         ex = self.executor
         assert ex is not None
         if not ex.meta_loaded:
@@ -307,7 +308,7 @@ class Router:
                     details={"shard": ex.vs.default_shard},
                 ) from None
             raise
-        if p.ddl_learn == "policy" and meta_error is not None:
+        if getattr(p, "learn", None) == "policy" and meta_error is not None:
             raise meta_error
         return p
 
@@ -356,12 +357,12 @@ class Router:
                 await self.send_result(ws, m.id, result)
                 return "timetravel"
             p = await self._plan(m.sql)
-            if p.kind == "tx" and p.tx_op in ("savepoint", "release", "rollback_to"):
-                await ex.savepoint(session, p)
+            if isinstance(p, Savepoint):
+                await p.execute(ex.context(session), None)
                 await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
                 return "tx"
-            if p.kind == "tx":
-                await self.transaction(session, p.tx_op, p.tx_mode, sql=True)  # type: ignore[arg-type]
+            if isinstance(p, TransactionOp):
+                await self.transaction(session, p.op, p.mode, sql=True)
                 await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
                 return "tx"
             if p.is_write and session.read_only:
@@ -417,7 +418,7 @@ class Router:
             p = self.executor.plan(sql)
         except DoSQLError:
             p = None
-        if p is not None and p.kind == "tx" and p.tx_op == "rollback":
+        if isinstance(p, TransactionOp) and p.op == "rollback":
             await self.transaction(session, "rollback", "deferred", sql=True)
             return
         raise session.failure_error()

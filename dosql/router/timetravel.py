@@ -57,6 +57,8 @@ from dosql.errors import (
     ValidationError,
 )
 from dosql.router import gather
+from dosql.router.engine.route import Route
+from dosql.router.engine.sharded_read import ShardedRead
 from dosql.router.pool import ShardResult
 from dosql.timetravel.dialect import HISTORY_FUNCTION
 from dosql.timetravel.points import LsnPoint, SnapshotPoint, TimestampPoint, format_micros
@@ -526,15 +528,16 @@ class TimeTravel:
             p = self.ex.plan(plain.sql(dialect=tt.DIALECT))
         except DoSQLError:
             raise refuse from None
-        if p.kind != "read" or p.route is None:
+        route = p.route if isinstance(p, ShardedRead) else p if isinstance(p, Route) else None
+        if route is None:
             raise refuse
         bind = tt.remaining_params(self.params, [*t.refs, *t.hists])
-        targets = await self.ex.targets(p, bind, self.session)
+        targets = await route.targets(self.ex.context(self.session), bind)
         if len(targets) != 1:
             raise NotSupportedError(
                 f"{refuse.message} (this statement reads shards {', '.join(targets)})"
             )
-        if p.route.kind == "any":
+        if route.routing.kind == "any":
             return self.vs.shard_ids[0]  # reference tables: the shard that feeds the mirror
         return targets[0]
 

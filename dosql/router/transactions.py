@@ -30,7 +30,6 @@ import trio
 from dosql import logs, protocol
 from dosql.errors import DoSQLError, QueryError
 from dosql.router import locks
-from dosql.router.session import ClientSession  # noqa: F401 - re-exported: it lived here
 from dosql.router.twophase import TwoPhaseCommit, new_gtid
 
 if TYPE_CHECKING:

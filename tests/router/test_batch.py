@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from dosql.errors import DoSQLError
 from dosql.router.batch import InsertRouter
-from dosql.router.executor import TableInfo
+from dosql.router.catalog import TableInfo
 from dosql.router.planner import plan
 from tests.router.conftest import quickstart_vschema
 
@@ -65,7 +65,7 @@ def _one_by_one(router: InsertRouter, seq: list[Any]) -> dict[str, list[Any]]:
 def test_group_matches_routing_each_set(
     sql: str, seq: list[Any], null_shards: dict[str, str]
 ) -> None:
-    p = plan(sql, VS)
+    p = plan(sql, VS).insert
     router = InsertRouter(p, INFO, VS, null_shards)
     got = _outcome(lambda: router.group(seq))
     assert got == _outcome(lambda: _one_by_one(router, seq))
@@ -78,7 +78,7 @@ def test_group_matches_routing_each_set(
 
 def test_a_table_without_its_sharding_column_gets_a_typed_error():
     """A table created on the shards directly, without the VSchema's sharding column."""
-    p = plan("INSERT INTO users VALUES (?, ?)", VS)
+    p = plan("INSERT INTO users VALUES (?, ?)", VS).insert
     info = TableInfo(["id", "name"], {}, ["id"], None, {})
     outcome = _outcome(lambda: InsertRouter(p, info, VS, {}))
     assert outcome[0] == "error" and outcome[1][1] == "SHARDING_COLUMN_MISSING"

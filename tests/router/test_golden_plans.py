@@ -1,9 +1,11 @@
 """Golden plan tests: each statement's EXPLAIN through the router, compared with a file.
 
 ``tests/router/golden/plans.txt`` holds, for each statement, a line ``> SQL``
-followed by the EXPLAIN rows the router must give (``step | kind | shard |
-sql | detail``), blocks separated by a blank line, like Vitess's planbuilder
-test data: a change in planning shows up as a diff a reviewer reads.
+followed by the EXPLAIN rows the router must give — the operator tree, one
+operator a row, indented two spaces a level, with the SQL each shard gets
+(``step | operator | shard | sql | detail``) — blocks separated by a blank
+line, like Vitess's planbuilder test data: a change in planning shows up as a
+diff a reviewer reads.
 
 The cluster is the quickstart VSchema on 4 shards (hash, consistent-hash and
 range vindexes, reference, unsharded and default-policy tables) with the
@@ -32,7 +34,7 @@ from tests.router.conftest import quickstart_vschema, write_config
 GOLDEN = Path(__file__).parent / "golden" / "plans.txt"
 HEADER = (
     "# EXPLAIN through the router, quickstart VSchema on 4 shards (tests/router/test_golden_plans.py).\n"
-    "# '> SQL' then its rows: step | kind | shard | sql | detail.\n"
+    "# '> SQL' then its operator tree: step | operator (indented) | shard | sql | detail.\n"
     "# Regenerate: DOSQL_GOLDEN_UPDATE=1 .venv/bin/pytest -q tests/router/test_golden_plans.py\n"
 )
 SETUP = [
@@ -104,9 +106,11 @@ def test_explain_matches_the_golden_plans(client) -> None:
 
 def test_every_plan_kind_is_covered() -> None:
     text = GOLDEN.read_text(encoding="utf-8")
-    rows = [line for line in text.splitlines() if line and line[0].isdigit()]
-    kinds = {r.split(" | ")[1] for r in rows}
-    want = {"single_shard", "multi_shard", "scatter", "reference", "router_side", "ddl"}
-    want |= {"transaction", "noop", "shard", "fetch", "concat", "merge_sort", "aggregate"}
-    want |= {"limit", "insert"}
-    assert want <= kinds, want - kinds
+    rows = [line.split(" | ") for line in text.splitlines() if line and line[0].isdigit()]
+    operators = {r[1].strip() for r in rows}
+    want = {"Route", "Scatter", "Concat", "MergeSort", "Aggregate", "GroupAggregate", "Limit"}
+    want |= {"RouterSide", "Fetch", "shard", "Insert", "Sequence", "InsertSelect", "Write"}
+    want |= {"RouterSideDml", "DDL", "CreateTableAs", "Noop", "Transaction"}
+    assert want <= operators, want - operators
+    variants = {r[4].split(":")[0] for r in rows if len(r) > 4}
+    assert {"single_shard", "multi_shard", "scatter", "reference"} <= variants

@@ -217,7 +217,7 @@ def test_two_statements_are_still_one_too_many(env) -> None:
 
 def _group(sql: str, columns: frozenset[str] | None = None) -> Any:
     from dosql.router import groupby
-    from dosql.router.planner import Statement
+    from dosql.router.statement import Statement
 
     st = Statement(sql)
     return groupby.plan(st, st.ast, columns=columns)
@@ -252,7 +252,7 @@ def test_group_plan_keeps_where_each_keys_affinity_comes_from() -> None:
 
 
 def test_in_tablename_counts_as_a_table_of_the_statement() -> None:
-    from dosql.router.planner import Statement, physical_tables
+    from dosql.router.statement import Statement, physical_tables
 
     names = [t.name for t in physical_tables(Statement("SELECT k FROM t WHERE a IN p4").ast)]
     assert names == ["t", "p4"]

@@ -11,6 +11,13 @@ from hypothesis import strategies as st
 
 from dosql.errors import NotSupportedError, QueryError
 from dosql.router import merge
+from dosql.router.engine.insert_select import InsertSelect
+from dosql.router.engine.limit import Limit
+from dosql.router.engine.merge_sort import MergeSort
+from dosql.router.engine.router_side import RouterSide
+from dosql.router.engine.scatter import Scatter
+from dosql.router.engine.sequence import Sequence
+from dosql.router.engine.sharded_read import ShardedRead
 from dosql.router.plan import AggSpec
 from dosql.router.planner import plan
 from tests.router.conftest import quickstart_vschema
@@ -69,18 +76,24 @@ def test_limit_semantics():
 
 def test_plan_shapes():
     p = plan("SELECT * FROM users WHERE tenant_id = ? AND name = ?", VS)
-    assert p.route.kind == "sharded" and len(p.route.conds) == 1
+    assert isinstance(p, ShardedRead)
+    assert p.route.routing.kind == "sharded" and len(p.route.routing.conds) == 1
     p = plan("SELECT name FROM users ORDER BY name DESC LIMIT ? OFFSET ?", VS)
-    assert p.pushed.endswith("ORDER BY name DESC") and "__dosql_k0" in p.pushed
-    assert p.limit.param == 0 and p.offset.param == 1 and p.pushed_params == ()
+    assert isinstance(p, ShardedRead) and isinstance(p.multi, Limit)
+    sort = p.multi.source
+    assert isinstance(sort, MergeSort) and isinstance(sort.source, Scatter)
+    pushed = sort.source.text
+    assert pushed.endswith("ORDER BY name DESC") and "__dosql_k0" in pushed
+    assert p.multi.limit.param == 0 and p.multi.offset.param == 1 and sort.source.keep == ()
     p = plan("INSERT INTO users (name, tenant_id) VALUES ('a', ?), ('b', ?)", VS)
-    assert p.kind == "insert" and [r[3] for r in p.insert_rows] == [(0,), (1,)]
-    assert plan("SELECT * FROM countries", VS).route.kind == "any"
-    assert plan("UPDATE countries SET name = 'x'", VS).route.kind == "all"
-    assert plan("SELECT * FROM system_config", VS).route.shard == "shard-3"
-    assert plan("BEGIN IMMEDIATE", VS).tx_mode == "immediate"
+    assert isinstance(p, Sequence) and p.kind == "insert"
+    assert [r[3] for r in p.insert.insert_rows] == [(0,), (1,)]
+    assert plan("SELECT * FROM countries", VS).routing.kind == "any"
+    assert plan("UPDATE countries SET name = 'x'", VS).routing.kind == "all"
+    assert plan("SELECT * FROM system_config", VS).routing.shard == "shard-3"
+    assert plan("BEGIN IMMEDIATE", VS).mode == "immediate"
     p = plan("SELECT * FROM events WHERE event_date >= '2025-01-01'", VS)
-    assert p.route.conds[0].low.const == "2025-01-01"
+    assert p.route.routing.conds[0].low.const == "2025-01-01"
 
 
 @pytest.mark.parametrize(
@@ -94,7 +107,7 @@ def test_plan_shapes():
 )
 def test_multi_table_reads_gather(sql):
     p = plan(sql, VS)
-    assert p.kind == "read" and p.route is None and p.gather is not None
+    assert isinstance(p, RouterSide) and p.kind == "read"
     assert {r.name for r in p.gather.refs} <= {"users", "orders"}
 
 
@@ -117,6 +130,7 @@ def test_gather_pushes_single_table_conjuncts():
 
 def test_insert_select_runs_its_source_through_the_router():
     p = plan("INSERT INTO users SELECT * FROM orders WHERE amount > ?", VS)
+    assert isinstance(p, InsertSelect)
     assert p.source_sql == "SELECT * FROM orders WHERE amount > ?" and p.source_params == (0,)
     assert p.insert_sql.strip() == "INSERT INTO users"
 
