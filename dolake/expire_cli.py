@@ -8,8 +8,9 @@ import os
 
 from websockets.sync.client import connect
 
+from dolake.flush_cli import lake_target
 from dosql import protocol
-from dosql.errors import ConfigurationError, RPCError
+from dosql.errors import RPCError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,21 +49,7 @@ def expire(
 
 
 def run(args: argparse.Namespace) -> int:
-    url, token = args.url, args.token
-    if args.config:
-        from dosql import config as config_mod
-
-        cfg = config_mod.load(args.config)
-        url = url or cfg.lake.url
-        admin = [t.token for t in cfg.tokens if t.scope == "admin"]
-        token = token or (admin[0] if admin else None)
-    url = url or os.environ.get("DOLAKE_URL")
-    if not url:
-        raise ConfigurationError(
-            "no lake writer address: pass --url ws://host:port, set DOLAKE_URL, "
-            "or --config with lake.url",
-            code="MISSING_CONFIG",
-        )
+    url, token = lake_target(args)
     info = expire(url, dry_run=args.dry_run, token=token, timeout=args.timeout)
     print(json.dumps(info, default=str))
     return 0

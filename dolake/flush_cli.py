@@ -97,7 +97,8 @@ def flush_through(
     return flush(url, table=table, wait=True, token=token, timeout=timeout)
 
 
-def run(args: argparse.Namespace) -> int:
+def lake_target(args: argparse.Namespace) -> tuple[str, str | None]:
+    """The lake writer's URL and an admin token, from --url/--token, --config or DOLAKE_URL."""
     url, token = args.url, args.token
     if args.config:
         from dosql import config as config_mod
@@ -113,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
             "or --config with lake.url",
             code="MISSING_CONFIG",
         )
+    return url, token
+
+
+def run(args: argparse.Namespace) -> int:
+    url, token = lake_target(args)
     info = flush(url, table=args.table, wait=args.wait, token=token, timeout=args.timeout)
     print(json.dumps(info, default=str))
     return 1 if info.get("errors") else 0
