@@ -14,7 +14,7 @@ import datetime as dt
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,7 @@ import dosql
 from dolake import readers
 from dolake.subscribe import position as positions
 from dosql.cluster import LocalCluster
-from dosql.errors import DoSQLError
-from tests.router.client import Client, http_json
+from tests.faultkit import wait_for
 from tests.router.conftest import quickstart_vschema, write_config
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -552,38 +551,3 @@ def check_delivery(
 
 
 # --------------------------------------------------------------------------- router
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def settled(cluster: LocalCluster) -> bool:
-    """The router's resolver ran and no transaction is left prepared."""
-    try:
-        _, status = http_json(cluster.url, "/status")
-    except OSError:
-        return False
-    tpc = status.get("two_phase_commit") or {}
-    return tpc.get("last_pass") is not None and not tpc.get("prepared")
-
-
-def readable(cluster: LocalCluster, tables: Iterable[str]) -> bool:
-    try:
-        with Client(cluster.url) as cl:
-            for t in tables:
-                cl.rows(f"SELECT count(*) FROM {t}")
-        return True
-    except (DoSQLError, OSError):
-        return False
-
-
-def ensure_all_up(cluster: LocalCluster) -> None:
-    for s in cluster.vschema.shard_ids:
-        if not cluster.shard_alive(s):
-            cluster.start_shard(s)
-    if not cluster.router_alive:
-        cluster.start_router()

@@ -54,6 +54,15 @@ from dosql import protocol
 from dosql.cluster import LocalCluster
 from dosql.errors import DoSQLError
 from dosql.restore import restore_table
+from tests.faultkit import (
+    SCHEDULE,
+    ensure_all_up,
+    readable,
+    restart_armed,
+    settled,
+    wait_for,
+    wait_until_dead,
+)
 from tests.router.client import Client
 
 from .dtx_support import (
@@ -63,7 +72,6 @@ from .dtx_support import (
     assert_lake_log_matches,
     check_delivery,
     check_gtids,
-    ensure_all_up,
     flush_lake,
     fmt,
     lake_change_log,
@@ -73,13 +81,10 @@ from .dtx_support import (
     outcomes,
     purged_through,
     read_change_log,
-    readable,
     replay_logs,
-    settled,
     shard_rows,
     start_cluster,
     state_at,
-    wait_for,
 )
 
 USERS_DDL = (
@@ -385,17 +390,6 @@ LEDGER_DDL = "CREATE TABLE ledger (id INTEGER PRIMARY KEY, kind TEXT, a INTEGER,
 BAL_COLS = ["id", "tenant_id", "name", "bal"]
 LEDGER_COLS = ["id", "kind", "a", "b"]
 
-# (process, crash point) — every step of the commit protocol, on both sides
-SCHEDULE: list[tuple[str, str | None]] = [
-    ("shard-1", "shard.prepare.after_record"),
-    ("shard-2", "shard.commit_prepared.before"),
-    ("router", "router.2pc.after_decision"),
-    ("shard-0", "shard.commit_prepared.after_commit"),
-    ("router", "router.2pc.before_decision"),
-    ("shard-3", "shard.prepare.before_record"),
-    ("shard-2", None),  # a plain SIGKILL mid-workload
-]
-
 
 @dataclass
 class Book:
@@ -548,23 +542,10 @@ def _crash_round(cluster: LocalCluster, book: Book, target: str, point: str | No
         Worker(cluster.url or "", t, random.randrange(1 << 30), book, stop) for t in range(THREADS)
     ]
     threads = [threading.Thread(target=w.run, daemon=True) for w in workers]
-    env = {"DOSQL_CRASH_AT": point} if point else None
-    if target == "router":
-        cluster.kill_router()
-        cluster.start_router(env)
-    else:
-        cluster.kill_shard(target)
-        cluster.start_shard(target, env)
+    restart_armed(cluster, target, point)
     for t in threads:
         t.start()
-
-    def alive() -> bool:
-        return cluster.router_alive if target == "router" else cluster.shard_alive(target)
-
-    if point is None:
-        time.sleep(1.5)
-        cluster.kill_shard(target)
-    wait_for(lambda: not alive(), 20, f"{target} to reach crash point {point}")
+    wait_until_dead(cluster, target, point)
     time.sleep(0.3)  # the others notice and fail over what they were doing
     # a lake snapshot with a participant (or the router) down: parts held back, never half
     book.held_back += flush_lake(cluster)

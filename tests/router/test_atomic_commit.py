@@ -29,23 +29,21 @@ import pytest
 
 from dosql.cluster import LocalCluster
 from dosql.errors import DoSQLError
-from tests.router.client import Client, http_json
+from tests.faultkit import (
+    SCHEDULE,
+    ensure_all_up,
+    readable,
+    restart_armed,
+    settled,
+    wait_for,
+    wait_until_dead,
+)
+from tests.router.client import Client
 from tests.router.conftest import quickstart_vschema, shard_rows, write_config
 
 ACCOUNTS = 24
 START = 100
 ROUNDS = int(os.environ.get("DOSQL_JEPSEN_ROUNDS", "1"))
-
-# (process, crash point) — every step of the commit protocol, on both sides
-SCHEDULE = [
-    ("shard-1", "shard.prepare.after_record"),
-    ("shard-2", "shard.commit_prepared.before"),
-    ("shard-0", "shard.commit_prepared.after_commit"),
-    ("router", "router.2pc.before_decision"),
-    ("router", "router.2pc.after_decision"),
-    ("shard-3", "shard.prepare.before_record"),
-    ("shard-1", None),  # a plain SIGKILL mid-workload
-]
 
 
 @dataclass
@@ -112,30 +110,6 @@ def worker(url: str, seed: int, next_id: list[int], hist: History, stop: threadi
         cl.close()
 
 
-def wait_for(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def settled(cluster: LocalCluster) -> bool:
-    try:
-        _, status = http_json(cluster.url, "/status")
-    except OSError:
-        return False
-    tpc = status.get("two_phase_commit") or {}
-    return tpc.get("last_pass") is not None and not tpc.get("prepared")
-
-
-def ensure_all_up(cluster: LocalCluster) -> None:
-    for s in cluster.vschema.shards:
-        if not cluster.shard_alive(s.id):
-            cluster.start_shard(s.id)
-    if not cluster.router_alive:
-        cluster.start_router()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("atomic")
@@ -162,24 +136,10 @@ def test_transfers_stay_atomic_under_kill_9_at_every_commit_step(cluster: LocalC
                 )
                 for _ in range(4)
             ]
-            env = {"DOSQL_CRASH_AT": point} if point else None
-            if target == "router":
-                cluster.kill_router()
-                cluster.start_router(env)
-            else:
-                cluster.kill_shard(target)
-                cluster.start_shard(target, env)
+            restart_armed(cluster, target, point)
             for t in threads:
                 t.start()
-            if point is None:
-                time.sleep(1.5)
-                cluster.kill_shard(target)
-            alive = cluster.router_alive if target == "router" else cluster.shard_alive(target)
-            deadline = time.monotonic() + 20
-            while alive and time.monotonic() < deadline:  # until it reaches its crash point
-                time.sleep(0.1)
-                alive = cluster.router_alive if target == "router" else cluster.shard_alive(target)
-            assert not alive, f"{target} never reached crash point {point}"
+            wait_until_dead(cluster, target, point)
             time.sleep(0.3)  # the others notice and fail over what they were doing
             ensure_all_up(cluster)
             time.sleep(0.5)
@@ -191,18 +151,10 @@ def test_transfers_stay_atomic_under_kill_9_at_every_commit_step(cluster: LocalC
     check(cluster, hist)
 
 
-def readable(cluster: LocalCluster) -> bool:
-    try:
-        with Client(cluster.url) as cl:
-            cl.rows("SELECT count(*) FROM acct")
-            cl.rows("SELECT count(*) FROM ledger")
-        return True
-    except DoSQLError:
-        return False
-
-
 def check(cluster: LocalCluster, hist: History) -> None:
-    wait_for(lambda: readable(cluster), 20, "every shard to answer the router again")
+    wait_for(
+        lambda: readable(cluster, ["acct", "ledger"]), 20, "every shard to answer the router again"
+    )
     with Client(cluster.url) as cl:
         ledger = {r[0] for r in cl.rows("SELECT id FROM ledger")}
         balances = cl.rows("SELECT sum(bal), count(*) FROM acct")
