@@ -6,11 +6,8 @@ import argparse
 import json
 import os
 
-from websockets.sync.client import connect
-
-from dolake.flush_cli import lake_target
+from dolake.flush_cli import lake_target, request
 from dosql import protocol
-from dosql.errors import RPCError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,21 +28,7 @@ def expire(
     url: str, *, dry_run: bool = False, token: str | None = None, timeout: float = 600.0
 ) -> dict:
     """Send one Expire request; returns the Ok info or raises the lake's error."""
-    url = url.replace("dolake://", "ws://").rstrip("/")
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    try:
-        with connect(
-            url + "/", additional_headers=headers, open_timeout=timeout, max_size=None
-        ) as ws:
-            ws.send(protocol.encode(protocol.Expire(id=1, dry_run=dry_run)))
-            reply = protocol.decode(ws.recv(timeout=timeout))
-    except (OSError, TimeoutError) as exc:
-        raise RPCError(f"cannot reach the lake writer at {url}: {exc}") from None
-    if isinstance(reply, protocol.Error):
-        raise reply.to_exception()
-    if not isinstance(reply, protocol.Ok):
-        raise RPCError(f"unexpected reply {type(reply).__name__} from {url}")
-    return reply.info
+    return request(url, protocol.Expire(id=1, dry_run=dry_run), token, timeout)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,13 +35,18 @@ def flush(
     timeout: float = 300.0,
 ) -> dict:
     """Send one Flush request; returns the Ok info or raises the lake's error."""
+    return request(url, protocol.Flush(id=1, table=table, wait=wait), token, timeout)
+
+
+def request(url: str, message: protocol.Message, token: str | None, timeout: float) -> dict:
+    """One admin request on the lake writer's control WebSocket: the Ok info, or its error."""
     url = url.replace("dolake://", "ws://").rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
         with connect(
             url + "/", additional_headers=headers, open_timeout=timeout, max_size=None
         ) as ws:
-            ws.send(protocol.encode(protocol.Flush(id=1, table=table, wait=wait)))
+            ws.send(protocol.encode(message))
             reply = protocol.decode(ws.recv(timeout=timeout))
     except (OSError, TimeoutError) as exc:
         raise RPCError(f"cannot reach the lake writer at {url}: {exc}") from None
