@@ -22,6 +22,7 @@ from dosql.router import gather, sequences
 from dosql.router.catalog import Catalog, TableInfo
 from dosql.router.engine.base import Context, Operator
 from dosql.router.fanout import Fanout
+from dosql.router.lake import Lake
 from dosql.router.metrics import RouterMetrics
 from dosql.router.planner import plan as make_plan
 from dosql.router.pool import ShardPool, ShardResult
@@ -86,6 +87,7 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.seq_ids = sequences.IdBlocks()  # this router's reserved id blocks
         self.seq_block = 1000  # ids reserved at a time (router.sequence_block)
         self.atomic_commit = True  # two-phase commit across shards (router.atomic_commit)
+        self.lake: Lake | None = None  # time travel's lake (the router's [lake] section)
 
     def clear_plans(self) -> None:
         self.plans.clear()
@@ -111,8 +113,10 @@ class Executor(Catalog, Fanout, Targets, TxScope):
     def context(self, session: ClientSession) -> Context:
         return Context(self, session)
 
-    async def run_plan(self, p: Operator, params: Any, session: ClientSession) -> ShardResult:
-        return await p.execute(Context(self, session), params)
+    async def run_plan(
+        self, p: Operator, params: Any, session: ClientSession, timeout_ms: int | None = None
+    ) -> ShardResult:
+        return await p.execute(Context(self, session, timeout_ms=timeout_ms), params)
 
     async def run_many(self, p: Operator, seq: list[Any], session: ClientSession) -> ShardResult:
         """executemany: param sets grouped per shard where the plan can, else one by one."""

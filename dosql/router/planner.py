@@ -71,6 +71,7 @@ from dosql.router.engine.router_side_dml import RouterSideDml
 from dosql.router.engine.scatter import Scatter
 from dosql.router.engine.sequence import Sequence
 from dosql.router.engine.sharded_read import ShardedRead
+from dosql.router.engine.temporal import TemporalInsert, TemporalSelect
 from dosql.router.engine.transaction import Savepoint, Transaction
 from dosql.router.engine.views import ViewDDL
 from dosql.router.engine.write import Write
@@ -88,6 +89,7 @@ from dosql.router.statement import (
     physical_tables,
     value_of,
 )
+from dosql.router.temporal_planner import plan_temporal
 
 _INT = re.compile(r"[0-9]+")
 _EXPLAIN = re.compile(r"\s*EXPLAIN\s+(QUERY\s+PLAN\s+)?", re.IGNORECASE)
@@ -185,11 +187,19 @@ def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Operator:
             raise QueryError("EXPLAIN needs a statement to explain", code="SYNTAX_ERROR")
         inner = plan(rest, vs, views)  # views: EXPLAIN of a statement that reads one
         if m and m.group(1):  # EXPLAIN QUERY PLAN: SQLite's own plan, from one shard
+            if isinstance(inner, TemporalSelect | TemporalInsert):
+                raise _refuse(
+                    "EXPLAIN QUERY PLAN of a statement that reads history: it runs "
+                    "router-side in memory, not on a shard; EXPLAIN shows its plan"
+                )
             routing = _routing_of(inner)
             if routing is None or routing.kind != "shard":
                 routing = Routing("any")
             return Route(st.text, routing)
         return Explain(st.text, inner)
+    temporal = plan_temporal(st.text)  # FOR SYSTEM_TIME / dosql_history(): the lake
+    if temporal is not None:
+        return temporal
     if first in ("ATTACH", "DETACH"):
         raise _refuse(f"{first}: shards manage their own databases")
     if first in ("VACUUM", "ANALYZE", "REINDEX"):

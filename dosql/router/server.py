@@ -46,6 +46,7 @@ from dosql.router.engine.base import Operator
 from dosql.router.engine.transaction import Savepoint
 from dosql.router.engine.transaction import Transaction as TransactionOp
 from dosql.router.executor import Executor
+from dosql.router.lake import open_lake
 from dosql.router.metrics import RouterMetrics
 from dosql.router.pool import ShardPool, ShardResult
 from dosql.router.resolver import Resolver, transaction_status
@@ -150,6 +151,7 @@ class Router:
             )
             self.executor.seq_block = self.config.router.sequence_block  # sequences
             self.executor.atomic_commit = self.config.router.atomic_commit
+            self.executor.lake = open_lake(self.config, self.token)
             self.metrics.watch(pools)
             self.resolver = Resolver(pools)  # prepared transactions left without a router
             self.metrics.watch_transactions(self.resolver.counts, ["prepared", "in_doubt"])
@@ -349,13 +351,6 @@ class Router:
                 await self._failed_statement(session, m.sql)
                 await self.send_result(ws, m.id, ShardResult(columns=[], rowcount=-1))
                 return "tx"
-            from dosql.router import timetravel  # FOR SYSTEM_TIME / dosql_history(): the lake
-
-            temporal = timetravel.detect(m.sql)
-            if temporal is not None:
-                result = await timetravel.execute(self, session, temporal, m)
-                await self.send_result(ws, m.id, result)
-                return "timetravel"
             p = await self._plan(m.sql)
             if isinstance(p, Savepoint):
                 await p.execute(ex.context(session), None)
@@ -372,7 +367,7 @@ class Router:
             marks = request_marks(session.tx)
             try:
                 if isinstance(m, protocol.Execute):
-                    result = await ex.run_plan(p, m.params, session)
+                    result = await ex.run_plan(p, m.params, session, m.timeout_ms)
                 else:
                     result = await ex.run_many(p, m.seq_params, session)
             except DoSQLError as exc:

@@ -31,25 +31,32 @@ from sqlglot.dialects.sqlite import SQLite
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.generators.sqlite import SQLiteGenerator
 from sqlglot.parsers.sqlite import SQLiteParser
+from sqlglot.tokens import TokenType
 
 from dosql.errors import QueryError
 from dosql.timetravel import points
 
 Kind = Literal["timestamp", "snapshot", "lsn"]
 _KINDS = ("TIMESTAMP", "SNAPSHOT", "LSN")
+_CLAUSE_START = ("FOR", "VERSION", "TIMESTAMP")
 _META_VERSION = "dosql_version"  # a clause written after the alias, moved onto the table
 _META_START = "dosql_start"  # character offset of a positional ``?``
 
 
 class DoSQLiteParser(SQLiteParser):
     def _parse_version(self) -> exp.Version | None:
-        if not self._match_text_seq("FOR", "SYSTEM_TIME"):
+        if self._match_text_seq("VERSION", "AS", "OF"):
+            kind = "SNAPSHOT"  # Spark / Iceberg: VERSION AS OF <snapshot id>
+        elif self._match_text_seq("TIMESTAMP", "AS", "OF"):
+            kind = "TIMESTAMP"  # Spark / Iceberg: TIMESTAMP AS OF '<time>'
+        elif not self._match_text_seq("FOR", "SYSTEM_TIME"):
             return None
-        if not self._match_text_seq("AS", "OF"):
+        elif not self._match_text_seq("AS", "OF"):
             self.raise_error("expected AS OF after FOR SYSTEM_TIME (only AS OF is supported)")
-        kind = "TIMESTAMP"
-        if self._match_texts(_KINDS):
-            kind = self._prev.text.upper()
+        else:
+            kind = "TIMESTAMP"
+            if self._match_texts(_KINDS):
+                kind = self._prev.text.upper()
         value = self._parse_unary()
         if isinstance(value, exp.Cast) and kind == "TIMESTAMP":
             value = value.this  # ``AS OF TIMESTAMP`` followed by a typed literal
@@ -68,7 +75,7 @@ class DoSQLiteParser(SQLiteParser):
 
     def _parse_table_alias(self, alias_tokens: Any = None) -> exp.TableAlias | None:
         alias = super()._parse_table_alias(alias_tokens=alias_tokens)
-        if alias is not None and self._curr and self._curr.text.upper() == "FOR":
+        if alias is not None and self._curr and self._curr.text.upper() in _CLAUSE_START:
             version = self._parse_version()
             if version is not None:
                 alias.meta[_META_VERSION] = version
@@ -365,3 +372,64 @@ def remaining_params(
         return params
     used = {p for p in consumed_params(refs) if isinstance(p, int)}
     return [v for i, v in enumerate(params) if i not in used]
+
+
+_LIST_END = {"FROM", "WHERE", "GROUP", "HAVING", "WINDOW", "ORDER", "LIMIT", "UNION"}
+_LIST_END |= {"INTERSECT", "EXCEPT"}
+
+
+def _select_list_texts(sql: str) -> list[str] | None:
+    """The select-list items of the statement's first top-level SELECT, as written."""
+    try:
+        tokens = DIALECT.tokenize(sql)
+    except TokenError:
+        return None
+    depth, start = 0, None
+    items: list[str] = []
+    first = last = None
+    for tok in tokens:
+        word = tok.text.upper()
+        if tok.token_type == TokenType.L_PAREN:
+            depth += 1
+        elif tok.token_type == TokenType.R_PAREN:
+            depth -= 1
+        if start is None:
+            if depth == 0 and word == "SELECT":
+                start = tok.end + 1
+            continue
+        if depth == 0 and tok.token_type != TokenType.STRING and word in _LIST_END:
+            break
+        if depth == 0 and tok.token_type == TokenType.COMMA:
+            if first is not None:
+                items.append(sql[first.start : last.end + 1])
+            first = last = None
+            continue
+        if first is None and not items and word in ("DISTINCT", "ALL"):
+            continue
+        first = first or tok
+        last = tok
+    if first is not None:
+        items.append(sql[first.start : last.end + 1])
+    return items if start is not None else None
+
+
+def keep_column_names(tree: exp.Expression, sql: str) -> None:
+    """Alias each unaliased computed item of the result's select list by its
+    text as written in ``sql`` (SQLite names such a column by its text, and
+    the statement the router runs is regenerated: ``upper(name)`` would come
+    back as ``UPPER(name)``). Changes nothing when the two do not line up."""
+    select = tree
+    while isinstance(select, exp.SetOperation):
+        select = select.this
+    if not isinstance(select, exp.Select):
+        return
+    texts = _select_list_texts(sql)
+    if texts is None or len(texts) != len(select.expressions):
+        return
+    items = []
+    for node, text in zip(select.expressions, texts, strict=True):
+        if isinstance(node, exp.Alias | exp.Column | exp.Star):
+            items.append(node)
+        else:
+            items.append(exp.alias_(node, text, quoted=True))
+    select.set("expressions", items)

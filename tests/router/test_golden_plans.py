@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from dosql.cluster import LocalCluster
+from dosql.errors import DoSQLError
 from tests.router.client import Client
 from tests.router.conftest import quickstart_vschema, write_config
 
@@ -111,6 +112,35 @@ def test_every_plan_kind_is_covered() -> None:
     want = {"Route", "Scatter", "Concat", "MergeSort", "Aggregate", "GroupAggregate", "Limit"}
     want |= {"RouterSide", "Fetch", "shard", "Insert", "Sequence", "InsertSelect", "Write"}
     want |= {"RouterSideDml", "DDL", "CreateTableAs", "Noop", "Transaction"}
+    want |= {"TemporalSelect", "TemporalInsert", "LakeAsOf", "LakeHistory", "LiveTable"}
     assert want <= operators, want - operators
     variants = {r[4].split(":")[0] for r in rows if len(r) > 4}
     assert {"single_shard", "multi_shard", "scatter", "reference"} <= variants
+
+
+def test_time_travel_refusals(client) -> None:
+    """executemany and EXPLAIN QUERY PLAN of a statement that reads history are refused
+    at once, with what to do instead."""
+    sql = "SELECT * FROM users FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-20 14:30:00'"
+    with pytest.raises(DoSQLError) as info:
+        client.executemany(sql, [[], []])
+    assert info.value.code == "NOT_SUPPORTED" and "executemany" in info.value.message
+    with pytest.raises(DoSQLError) as info:
+        client.execute("EXPLAIN QUERY PLAN " + sql)
+    assert info.value.code == "NOT_SUPPORTED" and "EXPLAIN shows" in info.value.message
+
+
+def test_time_travel_without_a_lake_is_a_clear_error() -> None:
+    from types import SimpleNamespace
+
+    import trio
+
+    from dosql.router.engine.base import Context
+    from dosql.router.temporal_planner import plan_temporal
+
+    op = plan_temporal("SELECT * FROM users FOR SYSTEM_TIME AS OF SNAPSHOT 1")
+    assert op is not None
+    ctx = Context(SimpleNamespace(lake=None), None)  # type: ignore[arg-type]
+    with pytest.raises(DoSQLError) as info:
+        trio.run(op.execute, ctx, None)
+    assert info.value.code == "MISSING_CONFIG" and "[lake]" in info.value.message

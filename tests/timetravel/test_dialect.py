@@ -161,6 +161,37 @@ def test_lsn_form():
     assert info.value.code == "SYNTAX_ERROR"
 
 
+def test_spark_spellings():
+    (v,) = refs("SELECT * FROM users VERSION AS OF 1234567890")
+    assert v.kind == "snapshot" and v.value == SnapshotPoint(snapshot_id=1234567890)
+    (t,) = refs("SELECT * FROM users AS u TIMESTAMP AS OF '2026-01-20 14:30:00' WHERE u.id = 1")
+    assert t.kind == "timestamp" and t.value == T1430 and t.alias == "u"
+    (p,) = refs("SELECT * FROM users u VERSION AS OF ?")
+    assert p.point([7]) == SnapshotPoint(snapshot_id=7) and p.alias == "u"
+    # the words stay plain identifiers elsewhere
+    for sql in (
+        "SELECT version, timestamp FROM t AS version WHERE timestamp > 1",
+        "SELECT * FROM timestamp",
+    ):
+        assert refs(sql) == []
+        assert parse(sql) == sqlglot.parse_one(sql, read="sqlite")
+
+
+def test_column_names_kept_as_written():
+    from dosql.timetravel import keep_column_names
+
+    sql = (
+        "SELECT DISTINCT upper(name), id, count(*) AS c, a+1, 'x,y', t.b FROM t "
+        "FOR SYSTEM_TIME AS OF LSN 3 GROUP BY 1 UNION SELECT 1, 2, 3, 4, 5, 6"
+    )
+    tree = parse(sql)
+    keep_column_names(tree, sql)
+    con = sqlite3.connect(":memory:")
+    con.execute("CREATE TABLE t (id, name, a, b)")
+    cur = con.execute(strip(tree, {0: "t"}).sql(dialect=DIALECT))
+    assert [d[0] for d in cur.description] == ["upper(name)", "id", "c", "a+1", "'x,y'", "b"]
+
+
 def test_aliases_before_and_after_and_qualified_names():
     for sql in (
         "SELECT u.id FROM users FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-20 14:30:00' AS u",

@@ -122,6 +122,31 @@ def test_timestamp_forms(conn: Any, workload: Workload) -> None:
         _rows(conn, "SELECT * FROM users FOR SYSTEM_TIME AS OF TIMESTAMP '2026-01-15'")
 
 
+def test_spark_spellings_and_column_names(conn: Any, workload: Workload) -> None:
+    """Spark/Iceberg's ``TIMESTAMP AS OF`` and ``VERSION AS OF`` mean what
+    ``FOR SYSTEM_TIME AS OF TIMESTAMP`` / ``SNAPSHOT`` mean, and result columns
+    are named as written (the statement run in memory is regenerated)."""
+    steps = workload.steps
+    point = (steps[10].after + steps[11].before) // 2
+    expected = workload.replay(11)
+    assert _rows(conn, f"SELECT * FROM users TIMESTAMP AS OF '{fmt(point)}'") == expected
+    assert _rows(conn, "SELECT * FROM users AS u TIMESTAMP AS OF ?", [fmt(point)]) == expected
+    cur = conn.cursor()
+    cur.execute("SELECT snapshot_id FROM dosql_history('users') ORDER BY sequence_number")
+    snapshot = cur.fetchall()[-1][0]
+    by_version = _rows(conn, f"SELECT * FROM users VERSION AS OF {snapshot}")
+    assert by_version == _rows(
+        conn, f"SELECT * FROM users FOR SYSTEM_TIME AS OF SNAPSHOT {snapshot}"
+    )
+    assert by_version
+    cur.execute(
+        "SELECT upper(name), id+1, count(*) AS n, users.id FROM users "
+        f"FOR SYSTEM_TIME AS OF TIMESTAMP '{fmt(point)}' GROUP BY id"
+    )
+    assert [d[0] for d in cur.description] == ["upper(name)", "id+1", "n", "id"]
+    assert sorted(cur.fetchall()) == sorted((r[1].upper(), r[0] + 1, 1, r[0]) for r in expected)
+
+
 def test_join_with_own_past_and_two_points(conn: Any, workload: Workload) -> None:
     steps = workload.steps
     p1 = (steps[5].after + steps[6].before) // 2

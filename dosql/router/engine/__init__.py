@@ -17,10 +17,13 @@ EXPLAIN with ``describe(ctx, params)``:
   :class:`~.router_side_dml.RouterSideDml`;
 - schema: :class:`~.ddl.DDL`, :class:`~.ddl.DropIndex`, :class:`~.views.ViewDDL`,
   :class:`~.create_table_as.CreateTableAs`;
+- history: :class:`~.temporal.TemporalSelect`, :class:`~.temporal.TemporalInsert`
+  over the sources of :mod:`.lake_source` (``LakeAsOf``, ``LakeHistory``,
+  ``LakeTableSql``, ``LiveTable``);
 - sessions: :class:`~.transaction.Transaction`, :class:`~.transaction.Savepoint`,
   :class:`~.noop.Noop`, :class:`~.explain.Explain`.
 
 Operators reach shards, schema knowledge and transactions through
-:class:`~.context.Context` only, so no operator imports the executor or the
+:class:`~.base.Context` only, so no operator imports the executor or the
 planner (``tests/router/test_import_graph.py`` keeps it that way).
 """

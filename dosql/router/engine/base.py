@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import vschema
     from dosql.router.catalog import TableInfo
     from dosql.router.gather import LocalSchema
+    from dosql.router.lake import Lake
     from dosql.router.metrics import RouterMetrics
     from dosql.router.plan import Routing
     from dosql.router.pool import ShardConnection, ShardPool
@@ -48,6 +49,7 @@ class Services(Protocol):
     seq_ids: Any  # sequences.IdBlocks
     seq_block: int
     atomic_commit: bool
+    lake: Lake | None  # what time travel reads (None: the router has no [lake] section)
 
     @property
     def order(self) -> tuple[str, ...]: ...
@@ -130,18 +132,19 @@ class Context:
     session: ClientSession
     targets: list[str] | None = None  # the shards a parent routed to (Scatter and above)
     shard_limit: int | None = None  # rows each shard needs at most (a Limit above a merge)
+    timeout_ms: int | None = None  # the client's bound for this request (waits stay inside)
 
     @property
     def tx(self) -> Transaction | None:
         return self.session.tx
 
     def at(self, targets: list[str]) -> Context:
-        return Context(self.ex, self.session, targets, self.shard_limit)
+        return Context(self.ex, self.session, targets, self.shard_limit, self.timeout_ms)
 
     def limited(self, n: int | None) -> Context:
         if n == self.shard_limit:
             return self
-        return Context(self.ex, self.session, self.targets, n)
+        return Context(self.ex, self.session, self.targets, n, self.timeout_ms)
 
 
 @dataclass(frozen=True, slots=True)
