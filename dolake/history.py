@@ -806,6 +806,7 @@ def wait_covered(
     *,
     timeout_s: float = 10.0,
     poll_s: float = 0.05,
+    pending_since_us: int | None = None,
 ) -> Coverage:
     """Make sure the lake has committed ``required`` (per shard, an LSN) for
     ``table``: ask ``flush`` (e.g. a Flush request with wait to the lake
@@ -814,7 +815,8 @@ def wait_covered(
     The router reads each shard's current LSN (``LsnInfo``) *after* the
     requested point has passed; every change committed at or before the
     point then has an LSN at or below it, so once the lake covers these
-    LSNs the answer is complete.
+    LSNs the answer is complete. ``pending_since_us``: commit time of the
+    oldest change waited for (the lag LAKE_BEHIND reports), when known.
     """
     deadline = time.monotonic() + timeout_s
     while True:
@@ -826,7 +828,7 @@ def wait_covered(
         if not missing:
             return cov
         if time.monotonic() >= deadline:
-            raise _behind_error(table, cov, missing)
+            raise _behind_error(table, cov, missing, pending_since_us)
         flush()
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
@@ -846,9 +848,15 @@ def _namespace_marks(catalog: Catalog, namespace: str) -> dict[str, int]:
         return {}
 
 
-def _behind_error(table: str, cov: Coverage, missing: Mapping[str, tuple[int, int]]) -> CDCError:
+def _behind_error(
+    table: str,
+    cov: Coverage,
+    missing: Mapping[str, tuple[int, int]],
+    pending_since_us: int | None = None,
+) -> CDCError:
     now = _now_us()
-    behind = (now - cov.committed_at) // 1000 if cov.committed_at else None
+    since = pending_since_us or cov.committed_at
+    behind = max(0, now - since) // 1000 if since else None
     shards = ", ".join(
         f"{s} committed through LSN {have} of {need}" for s, (have, need) in missing.items()
     )

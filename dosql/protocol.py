@@ -151,9 +151,18 @@ class ReadChanges(Message, tag="read_changes"):
 
 
 class LsnInfo(Message, tag="lsn_info"):
-    """Ask for the shard's current LSN and the lowest LSN it still retains."""
+    """Ask for the shard's current LSN and the lowest LSN it still retains.
+
+    With ``table`` (and ``through_us``, a commit time in UTC microseconds;
+    None: now) the reply also holds ``table_lsn``, the newest LSN of a
+    retained (not yet released) change of that table committed by then (0:
+    none -- the lake has every such change), and ``pending_since_us``, the
+    commit time of the oldest of them: what time travel must wait for.
+    """
 
     id: int
+    table: str | None = None
+    through_us: int | None = None
 
 
 class Result(Message, tag="result"):

@@ -181,6 +181,26 @@ class ChangeLog:
         transaction's part (see :func:`read_changes`)."""
         return self.read(from_lsn, limit, whole_distributed=True)
 
+    def table_pending(self, table: str, through_us: int | None) -> tuple[int, int | None]:
+        """``(newest LSN, oldest commit time)`` of the retained changes of ``table``
+        committed at or before ``through_us`` (``(0, None)`` when there are none).
+
+        Retained means not yet released by the lake writer, so a change of the
+        table that is not here is in the lake: time travel to a point waits
+        for these LSNs only, not for the shard's other tables.
+        """
+        through = time.time_ns() // 1000 if through_us is None else int(through_us)
+        with self._read_lock:
+            row = self._reader.execute(
+                "SELECT max(c.lsn), min(t.commit_ts) FROM _dosql_changes c "
+                "JOIN _dosql_tx t ON t.txid = c.txid "
+                "WHERE lower(c.tbl) = lower(?) AND t.commit_ts <= ?",
+                (table, through),
+            ).fetchone()
+        if row is None or row[0] is None:
+            return 0, None
+        return int(row[0]), int(row[1])
+
     def current_lsn(self) -> int:
         with self._state_lock:
             return self._current

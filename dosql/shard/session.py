@@ -155,6 +155,11 @@ class Session:
         elif isinstance(m, protocol.LsnInfo):
             cl = self.shard.changelog
             info = {"current_lsn": cl.current_lsn(), "oldest_lsn": cl.oldest_lsn()}
+            if m.table is not None:
+                lsn, since = await trio.to_thread.run_sync(
+                    cl.table_pending, m.table, m.through_us, limiter=self.shard.limiter
+                )
+                info |= {"table_lsn": lsn, "pending_since_us": since}
             await self.send(protocol.Ok(m.id, info=info))
         elif isinstance(m, protocol.MetaGet):
             self.require_admin("MetaGet")

@@ -77,12 +77,12 @@ async def lake_call(lake: Lake, fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await trio.to_thread.run_sync(call)
 
 
-async def current_lsns(ctx: Context, shards: list[str]) -> dict[str, int]:
-    out: dict[str, int] = {}
+async def _lsn_info(ctx: Context, shards: list[str], **ask: Any) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
 
     async def one(sid: str) -> None:
-        r = await ctx.ex.pools[sid].run(lambda c: c.call(lambda rid: protocol.LsnInfo(rid)))
-        out[sid] = int((r.info or {}).get("current_lsn", 0))
+        r = await ctx.ex.pools[sid].run(lambda c: c.call(lambda rid: protocol.LsnInfo(rid, **ask)))
+        out[sid] = r.info or {}
 
     async with trio.open_nursery() as n:
         for sid in shards:
@@ -90,7 +90,17 @@ async def current_lsns(ctx: Context, shards: list[str]) -> dict[str, int]:
     return out
 
 
-async def wait_covered(ctx: Context, run: Reading, table: str, required: dict[str, int]) -> None:
+async def current_lsns(ctx: Context, shards: list[str]) -> dict[str, int]:
+    return {sid: int(i.get("current_lsn", 0)) for sid, i in (await _lsn_info(ctx, shards)).items()}
+
+
+async def wait_covered(
+    ctx: Context,
+    run: Reading,
+    table: str,
+    required: dict[str, int],
+    pending_since_us: int | None = None,
+) -> None:
     from dolake import history
 
     deadline = time.monotonic() + run.wait_s
@@ -101,6 +111,7 @@ async def wait_covered(ctx: Context, run: Reading, table: str, required: dict[st
         required,
         lambda: run.lake.flush(deadline - time.monotonic()),
         timeout_s=run.wait_s,
+        pending_since_us=pending_since_us,
     )
 
 
@@ -133,9 +144,14 @@ async def covered_at(ctx: Context, run: Reading, table: str, micros: int | None)
             code="INVALID_INPUT",
             details={"ahead_ms": (micros - now) // 1000},
         )
-    # read after the point has passed: every change committed by then is at or below
-    required = await current_lsns(ctx, _shards_of(ctx, table))
-    await wait_covered(ctx, run, table, required)
+    # Asked after the point has passed, each shard names the newest change of the
+    # table committed by then that the lake may not have yet (one it has released
+    # is in the lake): only those are waited for, so a point the lake already
+    # holds answers at once, even with the lake writer down.
+    infos = await _lsn_info(ctx, _shards_of(ctx, table), table=table, through_us=micros)
+    required = {sid: int(i.get("table_lsn", 0)) for sid, i in infos.items()}
+    pending = [i["pending_since_us"] for i in infos.values() if i.get("pending_since_us")]
+    await wait_covered(ctx, run, table, required, min(pending, default=None))
     return required
 
 
