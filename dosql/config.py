@@ -56,6 +56,10 @@ SETTINGS: tuple[Setting, ...] = (
     _s("router", "shard_timeout_ms", "SHARD_TIMEOUT_MS", 10000, minimum=1),
     _s("router", "max_parallel_shards", "MAX_PARALLEL_SHARDS", 8, minimum=1),
     _s("router", "plan_cache_size", "DOSQL_PLAN_CACHE_SIZE", 1024, minimum=0),
+    # memory one router-side result may take (a cross join must not take the router down)
+    _s("router", "query_memory_mb", "DOSQL_QUERY_MEMORY_MB", 512, minimum=1),
+    # requests slower than this are logged (warn) and counted (the guide's 100 ms warning)
+    _s("router", "slow_query_ms", "DOSQL_SLOW_QUERY_MS", 100, minimum=1),
     # ids a router reserves from a sequence at a time (dosql/router/sequences.py)
     _s("router", "sequence_block", "DOSQL_SEQUENCE_BLOCK", 1000, minimum=1),
     # two-phase commit for transactions that wrote on several shards (router/twophase.py);
@@ -123,6 +127,8 @@ class RouterConfig:
     plan_cache_size: int
     sequence_block: int = 1000
     atomic_commit: bool = True
+    query_memory_mb: int = 512
+    slow_query_ms: int = 100
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ class DoSQLError(Exception):
 
     category: Category = Category.GENERAL
     default_code: str = "INTERNAL"
+    trace_id: str | None = None  # the request's trace id, when it failed on a server
 
     def __init__(
         self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None

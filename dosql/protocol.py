@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from dosql import logs
 from dosql.errors import DoSQLError, ValidationError, from_wire
 
 # msgspec cannot type a union of str and bytes, so values are Any on the wire
@@ -187,9 +188,10 @@ class Error(Message, tag="error"):
     category: str = "general"
     type: str = "DoSQLError"
     details: dict[str, Any] = {}
+    trace_id: str | None = None  # the failed request's, for the server's logs
 
     def to_exception(self) -> DoSQLError:
-        return from_wire(
+        exc = from_wire(
             {
                 "code": self.code,
                 "message": self.message,
@@ -197,6 +199,8 @@ class Error(Message, tag="error"):
                 "details": self.details,
             }
         )
+        exc.trace_id = self.trace_id
+        return exc
 
     @classmethod
     def from_exception(cls, request_id: int | None, exc: DoSQLError) -> Error:
@@ -208,6 +212,7 @@ class Error(Message, tag="error"):
             category=w["category"],
             type=w["type"],
             details=_plain(w["details"]),
+            trace_id=exc.trace_id or logs.trace_id.get(),
         )
 
 

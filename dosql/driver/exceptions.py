@@ -52,7 +52,8 @@ class Error(Exception):
     """Base of every error this driver raises.
 
     ``code`` is the project's stable error code (e.g. ``UNIQUE_CONSTRAINT``),
-    ``category`` its category, ``details`` extra structured information.
+    ``category`` its category, ``details`` extra structured information,
+    ``trace_id`` the failed request's trace id (the servers log it).
     """
 
     def __init__(
@@ -62,12 +63,14 @@ class Error(Exception):
         code: str = "INTERNAL",
         category: str = "general",
         details: dict[str, Any] | None = None,
+        trace_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.category = category
         self.details: dict[str, Any] = details or {}
+        self.trace_id = trace_id
 
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
@@ -181,7 +184,9 @@ def from_dosql(exc: E.DoSQLError) -> Error:
         cls: type[Error] = NotSupportedError
     else:
         cls = class_for(exc.code, category)
-    return cls(exc.message, code=exc.code, category=category, details=exc.details)
+    return cls(
+        exc.message, code=exc.code, category=category, details=exc.details, trace_id=exc.trace_id
+    )
 
 
 def wrap(exc: E.DoSQLError, cause: BaseException | None = None) -> Error:

@@ -87,6 +87,7 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.seq_ids = sequences.IdBlocks()  # this router's reserved id blocks
         self.seq_block = 1000  # ids reserved at a time (router.sequence_block)
         self.atomic_commit = True  # two-phase commit across shards (router.atomic_commit)
+        self.query_memory_bytes: int | None = 512 << 20  # router.query_memory_mb
         self.lake: Lake | None = None  # time travel's lake (the router's [lake] section)
 
     def clear_plans(self) -> None:
@@ -102,6 +103,10 @@ class Executor(Catalog, Fanout, Targets, TxScope):
             p = make_plan(sql, self.vs, self.views)
         except DoSQLError:
             raise
+        except RecursionError:  # no 180 KB traceback per hostile statement
+            raise NotSupportedError(
+                "the statement is nested too deeply for the router to plan: flatten it"
+            ) from None
         except Exception as exc:  # a planner gap must never turn into a wrong answer
             log.exception("planner failed", extra={"sql": sql[:200]})
             raise NotSupportedError(

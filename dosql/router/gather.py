@@ -31,7 +31,7 @@ from typing import Any
 from sqlglot import exp
 from sqlglot.tokens import TokenType
 
-from dosql.errors import DoSQLError, NotSupportedError
+from dosql.errors import DoSQLError, NotSupportedError, QueryError
 from dosql.router import statement as P
 from dosql.router.conditions import _cond
 from dosql.router.plan import Cond
@@ -327,6 +327,33 @@ def create_as(
     return out["ddl"], out["rows"]
 
 
+_ROW_OVERHEAD = 64  # bytes a row list costs besides its values (an estimate)
+_VALUE_BYTES = 16
+
+
+def _read_within(cur: sqlite3.Cursor, budget_bytes: int | None) -> list[list[Any]]:
+    """Every row of ``cur``, or QUERY_TOO_LARGE once they pass ``budget_bytes``."""
+    if not budget_bytes:
+        return [list(r) for r in cur.fetchall()]
+    out: list[list[Any]] = []
+    used = 0
+    while chunk := cur.fetchmany(1000):
+        for r in chunk:
+            used += _ROW_OVERHEAD + sum(
+                len(v) if isinstance(v, str | bytes) else _VALUE_BYTES for v in r
+            )
+            out.append(list(r))
+        if used > budget_bytes:
+            raise QueryError(
+                f"the router-side result of this statement passed its memory budget "
+                f"({budget_bytes // (1 << 20)} MB, router.query_memory_mb) after {len(out)} "
+                "rows: narrow it with WHERE or LIMIT, or raise the budget",
+                code="QUERY_TOO_LARGE",
+                details={"rows": len(out), "budget_bytes": budget_bytes},
+            )
+    return out
+
+
 def run_local(
     schemas: list[LocalSchema],
     data: list[tuple[str, list[str], list[list[Any]]]],
@@ -336,10 +363,13 @@ def run_local(
     extra_ddl: list[str] | None = None,
     finish: Any = None,
     raw: frozenset[str] = frozenset(),
+    budget_bytes: int | None = None,
 ) -> tuple[list[str], list[str | None] | None, list[list[Any]]]:
     """Recreate the tables in memory, load ``data`` (table, columns, rows), run ``sql``.
 
-    Rows of the tables in ``raw`` were fetched with :func:`raw_columns`.
+    Rows of the tables in ``raw`` were fetched with :func:`raw_columns`. The
+    result may take at most ``budget_bytes`` (estimated as it is read): one
+    cross join must not take the router down.
     """
     from dosql.shard.decltypes import decltypes
     from dosql.shard.errormap import map_error
@@ -373,7 +403,7 @@ def run_local(
             con.set_progress_handler(lambda: int(time.monotonic() > deadline), 10000)
         try:
             cur = con.execute(sql, params if params is not None else ())
-            rows_out = [list(r) for r in cur.fetchall()]
+            rows_out = _read_within(cur, budget_bytes)
         except DoSQLError:
             raise
         except Exception as exc:

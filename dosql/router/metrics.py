@@ -33,6 +33,9 @@ class RouterMetrics:
         )
         self.queries = Counter("dosql_queries", "Statements by plan kind", ["kind"], registry=r)
         self.errors = Counter("dosql_errors", "Errors returned to clients", ["code"], registry=r)
+        self.slow_queries = Counter(
+            "dosql_slow_queries", "Requests slower than router.slow_query_ms", registry=r
+        )
         self.scatter_ratio = Gauge(
             "shard_query_scatter_ratio", "Share of reads sent to more than one shard", registry=r
         )

@@ -12,6 +12,7 @@ restarting the router.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
@@ -29,6 +30,9 @@ from dosql.errors import AuthorizationError, DoSQLError, RPCError, TimeoutError_
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 2.0
 MAX_IDLE = 8
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -178,18 +182,25 @@ class ShardPool:
         values = sorted(self.latencies)
         return values[min(len(values) - 1, math.ceil(0.99 * len(values)) - 1)]
 
-    def lost(self, why: str) -> None:
-        """A connection in use broke: drop the idle ones too (likely stale), no backoff."""
+    def _unhealthy(self, why: str) -> None:
+        """Record the shard as down; log the transition (once, not per failed request)."""
+        if self.healthy is not False:
+            log.warning(
+                "shard unreachable", extra={"shard": self.shard_id, "url": self.url, "error": why}
+            )
         self.healthy = False
         self.last_error = why
+
+    def lost(self, why: str) -> None:
+        """A connection in use broke: drop the idle ones too (likely stale), no backoff."""
+        self._unhealthy(why)
         for conn in self.idle:
             conn.broken = True
             self.nursery.start_soon(_close, conn.ws)
         self.idle.clear()
 
     def mark_down(self, why: str) -> None:
-        self.healthy = False
-        self.last_error = why
+        self._unhealthy(why)
         self.down_until = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX)
         for conn in self.idle:
@@ -239,6 +250,8 @@ class ShardPool:
             why = str(exc) or type(exc).__name__
             self.mark_down(why)
             raise unavailable(self.shard_id, self.url, why) from None
+        if self.healthy is False:
+            log.warning("shard reachable again", extra={"shard": self.shard_id, "url": self.url})
         self.healthy = True
         self.last_error = None
         self.backoff = BACKOFF_MIN

@@ -79,6 +79,12 @@ def admin_token(config: Config) -> str | None:
     return None
 
 
+def _sql(message: Any) -> dict[str, str]:
+    """The statement of a request, shortened, for a log line."""
+    sql = getattr(message, "sql", None)
+    return {"sql": sql[:200]} if isinstance(sql, str) else {}
+
+
 class Router:
     def __init__(self, config: Config, vs: Any) -> None:
         self.config = config
@@ -151,6 +157,7 @@ class Router:
             )
             self.executor.seq_block = self.config.router.sequence_block  # sequences
             self.executor.atomic_commit = self.config.router.atomic_commit
+            self.executor.query_memory_bytes = self.config.router.query_memory_mb << 20
             self.executor.lake = open_lake(self.config, self.token)
             self.metrics.watch(pools)
             self.resolver = Resolver(pools)  # prepared transactions left without a router
@@ -264,6 +271,9 @@ class Router:
         except ValidationError as exc:
             rid = protocol.request_id_of(frame) if isinstance(frame, bytes) else None
             self.metrics.errors.labels(exc.code).inc()
+            if not session.malformed_logged:  # once per connection: a fuzzer floods no log
+                session.malformed_logged = True
+                log.info("malformed request", extra={"code": exc.code, "error": exc.message[:300]})
             await self.send(ws, protocol.Error.from_exception(rid, exc))
             return
         rid = getattr(message, "id", None)
@@ -274,17 +284,27 @@ class Router:
             kind = await self.dispatch(ws, session, message) or kind
         except DoSQLError as exc:
             self.metrics.errors.labels(exc.code).inc()
+            log.info(
+                "request failed",
+                extra={"kind": kind, "code": exc.code, "error": exc.message[:300], **_sql(message)},
+            )
             await self.send(ws, protocol.Error.from_exception(rid, exc))
         except (ConnectionClosed, trio.Cancelled):
             raise
         except Exception as exc:  # one request never kills the connection or the router
-            log.exception("request failed")
+            log.exception("request failed", extra=_sql(message))
             err = DoSQLError(f"internal router error: {exc}", code="INTERNAL")
             self.metrics.errors.labels(err.code).inc()
             await self.send(ws, protocol.Error.from_exception(rid, err))
         finally:
-            self.metrics.query_duration.labels(kind).observe((time.perf_counter() - started) * 1e3)
+            took_ms = (time.perf_counter() - started) * 1e3
+            self.metrics.query_duration.labels(kind).observe(took_ms)
             self.metrics.queries.labels(kind).inc()
+            if took_ms > self.config.router.slow_query_ms:
+                self.metrics.slow_queries.inc()
+                log.warning(
+                    "slow query", extra={"kind": kind, "ms": round(took_ms, 1), **_sql(message)}
+                )
             logs.trace_id.reset(token)
 
     async def _plan(self, sql: str) -> Operator:

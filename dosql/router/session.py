@@ -76,6 +76,7 @@ class ClientSession:
         self.reason: str = ""  # why the transaction failed, for every later refusal
         self.cause_code: str | None = None
         self.shards: list[str] = []  # the shards the failed transaction had touched
+        self.malformed_logged = False  # a malformed request is logged once per connection
 
     @property
     def read_only(self) -> bool:

@@ -328,7 +328,7 @@ def test_kill_9_of_the_default_shard_never_repeats_an_id(cluster) -> None:
     assert after["start"] >= before["stop"]
     # end to end: ids handed out, rows deleted (max(id) no longer helps), shard killed
     with Client(cluster.url) as cl:
-        cl.execute("CREATE TABLE crash (id INTEGER PRIMARY KEY, v TEXT)")
+        _retrying(lambda: cl.execute("CREATE TABLE crash (id INTEGER PRIMARY KEY, v TEXT)"))
         seen = [
             cl.execute("INSERT INTO crash (v) VALUES ('a')").lastrowid for _ in range(BLOCK + 2)
         ]

@@ -52,9 +52,7 @@ def test_points_in_the_lake_answer_with_the_lake_writer_down(cluster: LocalClust
         sql = "SELECT * FROM users FOR SYSTEM_TIME AS OF TIMESTAMP ?"
         started = time.monotonic()
         assert _rows(conn, sql, [fmt(point)]) == want
-        assert _rows(conn, "SELECT * FROM settings TIMESTAMP AS OF ?", [fmt(point)]) == [
-            ("a", "1")
-        ]
+        assert _rows(conn, "SELECT * FROM settings TIMESTAMP AS OF ?", [fmt(point)]) == [("a", "1")]
         assert time.monotonic() - started < 3.0  # no wait for the lake (its timeout is 4 s)
 
         # a point after changes the lake does not have: LAKE_BEHIND with the real lag

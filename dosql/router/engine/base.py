@@ -49,6 +49,7 @@ class Services(Protocol):
     seq_ids: Any  # sequences.IdBlocks
     seq_block: int
     atomic_commit: bool
+    query_memory_bytes: int | None  # what one router-side result may take
     lake: Lake | None  # what time travel reads (None: the router has no [lake] section)
 
     @property
@@ -137,6 +138,13 @@ class Context:
     @property
     def tx(self) -> Transaction | None:
         return self.session.tx
+
+    @property
+    def query_timeout_ms(self) -> int | None:
+        """The bound this statement runs under: the router's, or the client's if shorter
+        (a client that gives up after 5 s leaves no work running for 30)."""
+        bounds = [t for t in (self.ex.query_timeout_ms, self.timeout_ms) if t]
+        return min(bounds) if bounds else None
 
     def at(self, targets: list[str]) -> Context:
         return Context(self.ex, self.session, targets, self.shard_limit, self.timeout_ms)

@@ -107,7 +107,7 @@ class GroupAggregate(Operator):
             g,
             g.cache["colls"],
             partials,
-            ex.query_timeout_ms,
+            ctx.query_timeout_ms,
             g.cache["affinity"],
         )
         return ShardResult(

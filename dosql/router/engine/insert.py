@@ -72,7 +72,7 @@ class Insert(Operator):
             texts = {targets[0]: (self.text, params)}
         else:
             texts = {sid: self.shard_text(idxs, params) for sid, idxs in groups.items()}
-        timeout = ex.query_timeout_ms
+        timeout = ctx.query_timeout_ms
 
         async def body(tx: Transaction | None) -> ShardResult:
             results = await ex.parallel(

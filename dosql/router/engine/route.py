@@ -37,7 +37,7 @@ class Route(Operator):
     async def on(self, ctx: Context, params: Any, sid: str) -> ShardResult:
         """Run the statement on shard ``sid`` (a reference read: any shard that answers)."""
         ex, tx = ctx.ex, ctx.tx
-        text, timeout = self.text, ex.query_timeout_ms
+        text, timeout = self.text, ctx.query_timeout_ms
         run = lambda c: c.execute(text, params, timeout_ms=timeout)  # noqa: E731
         if self.routing.kind == "any" and tx is None:
             return await ex.any_shard(sid, run)

@@ -172,10 +172,11 @@ class RouterSide(Operator):
             data,
             self.text,
             params,
-            ex.query_timeout_ms,
+            ctx.query_timeout_ms,
             extra + list(g.views),
             None,
             frozenset(ref.name for ref in g.refs) if raw else frozenset(),
+            ctx.ex.query_memory_bytes,
         )
         return ShardResult(columns=columns, decltypes=types, rows=out_rows, rowcount=-1)
 
@@ -189,7 +190,7 @@ class RouterSide(Operator):
         """
         if len(batch) == 1:
             i, sql, fparams, _head, _n = batch[0]
-            r = await c.execute(sql, fparams, timeout_ms=ctx.ex.query_timeout_ms)
+            r = await c.execute(sql, fparams, timeout_ms=ctx.query_timeout_ms)
             return [(i, r.rows)]
         width = max(n for *_, n in batch)
         parts = []
@@ -205,7 +206,7 @@ class RouterSide(Operator):
         r = await c.execute(
             query,
             named if named is not None else (positional or None),
-            timeout_ms=ctx.ex.query_timeout_ms,
+            timeout_ms=ctx.query_timeout_ms,
         )
         by: dict[int, list[Any]] = {i: [] for i, *_ in batch}
         widths = {i: n for i, _s, _p, _h, n in batch}

@@ -31,7 +31,7 @@ class Scatter(Operator):
         """Each target shard's reply, in target order."""
         ex, tx = ctx.ex, ctx.tx
         assert ctx.targets is not None
-        sql, timeout = self.shard_sql(ctx.shard_limit), ex.query_timeout_ms
+        sql, timeout = self.shard_sql(ctx.shard_limit), ctx.query_timeout_ms
         pparams = select_params(params, self.keep)
         return await ex.parallel(
             ctx.targets,

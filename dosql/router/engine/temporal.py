@@ -42,11 +42,18 @@ def _no_executemany() -> NotSupportedError:
 
 
 def run_memory(
-    tables: list[MemTable], sql: str, params: Any, timeout_ms: int | None
+    tables: list[MemTable], sql: str, params: Any, timeout_ms: int | None, budget: int | None
 ) -> tuple[list[str], list[str | None] | None, list[list[Any]]]:
     """Create and fill ``tables`` in a fresh in-memory SQLite, run ``sql`` there."""
     data = [(t.name, t.columns, list(t.rows)) for t in tables]
-    return gather.run_local(tables, data, sql, params, timeout_ms)  # type: ignore[arg-type]
+    return gather.run_local(
+        tables,  # type: ignore[arg-type]
+        data,
+        sql,
+        params,
+        timeout_ms,
+        budget_bytes=budget,
+    )
 
 
 @dataclass(eq=False)
@@ -73,14 +80,14 @@ class TemporalSelect(Operator):
             raise missing_lake()
         if isinstance(params, tuple):
             params = list(params)
-        timeout_ms = ctx.ex.query_timeout_ms or _DEFAULT_TIMEOUT_MS
-        if ctx.timeout_ms:
-            timeout_ms = min(timeout_ms, ctx.timeout_ms)
+        timeout_ms = ctx.query_timeout_ms or _DEFAULT_TIMEOUT_MS
         shard = await self._single_shard(ctx, params) if self.lsn_sql else None
         run = Reading(lake, params, timeout_ms, shard)
         tables = [await source.load(ctx, run) for source in self.sources]
         bind = tt.remaining_params(params, [*self.refs, *self.hists])
-        return await trio.to_thread.run_sync(run_memory, tables, self.memory_sql, bind, timeout_ms)
+        return await trio.to_thread.run_sync(
+            run_memory, tables, self.memory_sql, bind, timeout_ms, ctx.ex.query_memory_bytes
+        )
 
     async def _single_shard(self, ctx: Context, params: Any) -> str:
         """The one shard the statement is routed to (an LSN is a position in one

@@ -38,7 +38,7 @@ class Write(Operator):
         targets = await self.targets(ctx, params)
         if len(targets) > 1 and self.refuse:
             raise NotSupportedError(f"{self.refuse} (needs shards {', '.join(targets)})")
-        text, timeout = self.text, ex.query_timeout_ms
+        text, timeout = self.text, ctx.query_timeout_ms
 
         async def body(tx: Transaction | None) -> ShardResult:
             results = await ex.parallel(
