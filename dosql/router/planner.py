@@ -218,8 +218,45 @@ def plan(sql: str, vs: Any, views: dict[str, str] | None = None) -> Operator:
     raise _refuse(f"statement type {first} is not supported by the router")
 
 
+# PRAGMAs that only read: the introspection ones (their argument names a table or
+# index), and settings read without an argument. Anything else changes a shard.
+_PRAGMA_INTROSPECT = frozenset(
+    {
+        "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+        "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+    }
+)  # fmt: skip
+_PRAGMA_READ = frozenset(
+    {
+        "collation_list", "function_list", "module_list", "pragma_list", "compile_options",
+        "database_list", "data_version", "page_count", "page_size", "freelist_count",
+        "schema_version", "user_version", "application_id", "encoding", "journal_mode",
+        "synchronous", "foreign_keys", "cache_size", "busy_timeout", "auto_vacuum",
+        "max_page_count", "mmap_size", "temp_store", "wal_autocheckpoint", "case_sensitive_like",
+        "recursive_triggers", "secure_delete", "locking_mode", "cell_size_check",
+        "automatic_index", "defer_foreign_keys", "ignore_check_constraints", "query_only",
+        "reverse_unordered_selects", "trusted_schema", "legacy_alter_table", "hard_heap_limit",
+        "soft_heap_limit", "threads", "analysis_limit", "journal_size_limit", "cache_spill",
+    }
+)  # fmt: skip
+# PRAGMAs that maintain a database without changing its rows: run on every shard,
+# like VACUUM (so a read-only token cannot run them).
+_PRAGMA_MAINTAIN = frozenset({"optimize", "wal_checkpoint", "incremental_vacuum", "shrink_memory"})
+
+
 def _plan_pragma(st: Statement, vs: Any) -> Operator:
-    write = "=" in st.words
+    name = st.toks[1].text.lower() if len(st.toks) > 1 else ""
+    if len(st.toks) > 3 and st.toks[2].text == ".":  # PRAGMA main.table_info(t)
+        name = st.toks[3].text.lower()
+    argument = "=" in st.words or "(" in st.text
+    if name in _PRAGMA_MAINTAIN:
+        return Write(st.text, Routing("all"), needs_tx=False)
+    if name not in _PRAGMA_INTROSPECT and (argument or name not in _PRAGMA_READ):
+        raise _refuse(
+            f"PRAGMA {name or '?'} changes a shard's settings or is unknown to the router: "
+            "configure shards instead ([shard] settings); introspection PRAGMAs "
+            "(table_info, index_list, …) and reading a setting work"
+        )
     route = Routing("shard", shard=vs.default_shard)
     for t in st.toks[1:]:
         if t.type in (TokenType.VAR, TokenType.IDENTIFIER, TokenType.STRING):
@@ -229,8 +266,6 @@ def _plan_pragma(st: Statement, vs: Any) -> Operator:
                 if table.kind == "unsharded":
                     route = Routing("shard", shard=table.shard)
                 break
-    if write:
-        raise _refuse("PRAGMA assignments through the router: configure shards instead")
     return Route(st.text, route)
 
 

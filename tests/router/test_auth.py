@@ -69,6 +69,33 @@ def test_read_only_token_reads_but_cannot_write(cluster):
     assert count_on_shards(cluster) == before
 
 
+def test_read_only_token_runs_no_pragma_that_changes_anything(cluster):
+    from dosql.errors import DoSQLError
+
+    with Client(cluster.url, token="ro-secret") as cl:
+        for sql in (
+            "PRAGMA optimize",
+            "PRAGMA wal_checkpoint(TRUNCATE)",
+            "PRAGMA incremental_vacuum",
+        ):
+            with pytest.raises(AuthorizationError) as info:
+                cl.execute(sql)
+            assert info.value.code == "READ_ONLY", sql
+        for sql in ("PRAGMA journal_mode(DELETE)", "PRAGMA user_version = 7", "PRAGMA no_such"):
+            with pytest.raises(DoSQLError) as refused:
+                cl.execute(sql)
+            assert refused.value.code == "NOT_SUPPORTED", sql
+        # reading works: introspection, and a setting read without an argument
+        assert [r[1] for r in cl.rows("PRAGMA table_info(users)")] == ["tenant_id", "name"]
+        assert [r[1] for r in cl.rows("PRAGMA main.table_info('users')")] == ["tenant_id", "name"]
+        assert cl.rows("PRAGMA journal_mode") == [("wal",)]
+    for sid in cluster.shard_urls:
+        assert shard_rows(cluster, sid, "PRAGMA user_version") == [(0,)]
+    with Client(cluster.url, token="adm-secret") as cl:
+        cl.execute("PRAGMA optimize")  # an admin maintains every shard
+        cl.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 def test_admin_token_writes(cluster):
     with Client(cluster.url, token="adm-secret") as cl:
         cl.execute("INSERT INTO users VALUES (10, 'j')")
