@@ -63,6 +63,20 @@ class Lake:
             log.warning("lake flush failed", extra={"error": str(exc)})
             time.sleep(min(0.2, max(timeout_s, 0.0)))
 
+    def health(self, timeout_s: float = 2.0) -> dict[str, Any]:
+        """The lake writer's ``/health`` as the router sees it (for ``/health/deep``)."""
+        import urllib.request
+
+        if not self.url:
+            return {"status": "ok", "detail": "catalog only (no lake writer configured)"}
+        base = self.url.split("://", 1)[-1].rstrip("/")
+        scheme = "https" if self.url.startswith(("wss://", "https://")) else "http"
+        try:
+            with urllib.request.urlopen(f"{scheme}://{base}/health", timeout=timeout_s) as reply:
+                return {"status": "ok" if reply.status == 200 else "error", "url": self.url}
+        except OSError as exc:
+            return {"status": "error", "url": self.url, "error": str(exc)}
+
 
 def open_lake(config: Any, token: str | None) -> Lake | None:
     """The router's lake, or None when its config has no [lake] section."""

@@ -234,7 +234,12 @@ class Router:
             for sid, pool in self.executor.pools.items():
                 n.start_soon(one, sid, pool)
         ok = all(v["status"] == "ok" for v in out.values())
-        return {"status": "ok" if ok else "degraded", "shards": out}
+        deep: dict[str, Any] = {"shards": out}
+        lake = self.executor.lake
+        if lake is not None:  # time travel needs it, and a dead lake writer must be seen
+            deep["lake"] = await trio.to_thread.run_sync(lake.health)
+            ok = ok and deep["lake"]["status"] == "ok"
+        return {"status": "ok" if ok else "degraded", **deep}
 
     # ------------------------------------------------------------------ client protocol
 

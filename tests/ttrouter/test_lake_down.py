@@ -13,6 +13,7 @@ import pytest
 
 import dosql
 from dosql.cluster import LocalCluster
+from tests.router.client import http_json
 
 from .conftest import CONFIG, SETTINGS_DDL, USERS_DDL, fmt, now_us
 
@@ -43,6 +44,8 @@ def test_points_in_the_lake_answer_with_the_lake_writer_down(cluster: LocalClust
         point = now_us()
         time.sleep(0.01)
         cluster.kill_lake()
+        status, deep = http_json(cluster.url, "/health/deep")
+        assert deep["status"] == "degraded" and deep["lake"]["status"] == "error", deep
         # the shards move on: another table, and this table after the point
         conn.cursor().execute("INSERT INTO settings VALUES ('b', '2')")
         first_missing = now_us()  # the lake lacks this table's changes from here on
@@ -72,6 +75,7 @@ def test_points_in_the_lake_answer_with_the_lake_writer_down(cluster: LocalClust
         conn.close()
 
     cluster.start_lake()  # back: the same point now answers, with the change
+    assert http_json(cluster.url, "/health/deep")[1]["lake"]["status"] == "ok"
     conn = dosql.connect(cluster.url, timeout=30, autocommit=True)
     try:
         rows = _rows(conn, sql, [fmt(late)])
