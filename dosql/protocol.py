@@ -318,6 +318,9 @@ class Expire(Message, tag="expire"):
     dry_run: bool = False
 
 
+META_VERSION_KEY = "~version"
+
+
 class MetaGet(Message, tag="meta_get"):
     """Read cluster metadata keys starting with ``prefix`` (admin scope)."""
 
@@ -329,7 +332,9 @@ class MetaSet(Message, tag="meta_set"):
     """Write one cluster metadata key in the shard's internal table (admin scope).
 
     ``value`` None deletes the key. Used by the router to persist tables added
-    under the VSchema's ``default_table`` policy, and by sequences.
+    under the VSchema's ``default_table`` policy, and by sequences. Every
+    MetaSet also increments the key :data:`META_VERSION_KEY` in the same
+    transaction: routers poll it to notice what another router changed.
     """
 
     id: int

@@ -62,6 +62,9 @@ class Catalog:
     views: dict[str, str]
     seq_ids: Any  # sequences.IdBlocks
     meta_loaded: bool
+    meta_version: int  # the default shard's metadata version the loaded state is from
+    key_types: dict[str, str]  # listed sharded tables' key types learned from shards
+    ddl_stamps: dict[str, str]  # table -> its last announced DDL (metadata.ddl_stamps)
 
     clear_plans: Callable[[], None]  # the executor's: plans embed routing decisions
     on_shard: Callable[..., Awaitable[ShardResult]]  # Fanout's
@@ -74,16 +77,48 @@ class Catalog:
         self.vs = vs
         self.clear_plans()
 
+    async def refresh_metadata(self) -> bool:
+        """Reload what routers share (tables, views, sequences) when the default shard's
+        metadata version moved: another router created, altered or dropped something
+        since this one loaded it. One small read when it did not; True if it moved."""
+        version = await metadata.version(self.pools[self.vs.default_shard])
+        if version == self.meta_version and self.meta_loaded:
+            return False
+        await self._load(version)
+        return True
+
     async def load_metadata(self) -> None:
         """Tables created under the default_table policy (best effort; retried on demand)."""
         if self.meta_loaded:
             return
-        learned = await metadata.load(self.pools[self.vs.default_shard])
-        self.views = await metadata.load_views(self.pools[self.vs.default_shard])
+        # the version first: a change made while loading is seen on the next refresh
+        await self._load(await metadata.version(self.pools[self.vs.default_shard]))
+
+    async def _load(self, version: int) -> None:
+        """Load the shared metadata; drop only what a DDL made elsewhere outdated (this
+        router's own DDL, already applied, clears no plan when its version bump returns)."""
+        pool = self.pools[self.vs.default_shard]
+        learned = await metadata.load(pool)
+        views = await metadata.load_views(pool)
+        stamps = await metadata.ddl_stamps(pool)
+        known = stamps.keys() | self.ddl_stamps.keys()
+        redefined = {t for t in known if stamps.get(t) != self.ddl_stamps.get(t)}
+        for name in redefined:  # its columns and key type may differ now
+            self.key_types.pop(name, None)
+            self.schema.pop(name, None)
+        if redefined:
+            self.local_schemas.clear()
+        self.ddl_stamps = stamps
         self.learned = learned
         self.null_shards = metadata.null_shards(learned)
         self.sequences = metadata.sequences(learned)
-        self.set_vs(metadata.overlay(self.base, learned))
+        vs = metadata.overlay(self.base, learned)
+        for name, decl in self.key_types.items():
+            vs = _with_key_type(vs, name, decl)
+        if redefined or views != self.views or vs.to_dict() != self.vs.to_dict():
+            self.views = views
+            self.set_vs(vs)  # clears the plans: they embed routing and schema decisions
+        self.meta_version = version
         self.meta_loaded = True
 
     async def table_info(self, name: str, tx: Transaction | None = None) -> TableInfo | None:
@@ -138,17 +173,16 @@ class Catalog:
         return info
 
     def record_column_type(self, table: vschema.Table, types: dict[str, str]) -> None:
-        """Learn a sharded table's key type from its declaration, for routing by affinity."""
+        """Learn a sharded table's key type from its declaration, for routing by affinity
+        (kept across metadata reloads until the table is redefined)."""
         decl = types.get(str(table.column).lower())
-        if table.column_type is None and decl is not None:
-            new = vschema.Table(
-                "sharded",
-                column=table.column,
-                vindex=table.vindex,
-                column_type=decl,
-                vindex_name=table.vindex_name,
-            )
-            self.set_vs(self.vs.with_table(table.name, new))
+        configured = (
+            self.base.table(table.name).column_type if self.base.has_table(table.name) else None
+        )
+        if configured is None and decl is not None and table.column_type != decl:
+            # learned, not configured: a re-created table may declare its key differently
+            self.key_types[table.name.lower()] = decl
+            self.set_vs(_with_key_type(self.vs, table.name, decl))
 
     async def local_schema(self, name: str, tx: Transaction | None) -> gather.LocalSchema:
         """The DDL and columns of ``name``, read once from a shard that holds it."""
@@ -258,6 +292,14 @@ class Catalog:
         self.sequences = metadata.sequences(self.learned)
         self.set_vs(vs)
 
+    async def announce_ddl(self, name: str, tx: Transaction | None) -> None:
+        """Tell other routers ``name`` changed (in the client's transaction, if any,
+        so they hear of it when it commits)."""
+        default = self.vs.default_shard
+        conn = await tx.conn(default, write=True) if tx is not None else None
+        stamp = await metadata.announce_ddl(self.pools[default], name.lower(), conn)
+        self.ddl_stamps[name.lower()] = stamp  # its own DDL: what it learned stays valid
+
     async def forget_table(self, name: str, tx: Transaction | None) -> None:
         default = self.vs.default_shard
         try:
@@ -278,3 +320,20 @@ class Catalog:
             self.null_shards = metadata.null_shards(self.learned)
             self.sequences = metadata.sequences(self.learned)
             self.set_vs(metadata.overlay(self.base, self.learned))
+
+
+def _with_key_type(vs: vschema.VSchema, name: str, decl: str) -> vschema.VSchema:
+    """``vs`` with sharded table ``name``'s key type set to ``decl``."""
+    if not vs.has_table(name):
+        return vs
+    table = vs.table(name)
+    if table.kind != "sharded" or table.column_type == decl:
+        return vs
+    new = vschema.Table(
+        "sharded",
+        column=table.column,
+        vindex=table.vindex,
+        column_type=decl,
+        vindex_name=table.vindex_name,
+    )
+    return vs.with_table(table.name, new)

@@ -80,6 +80,9 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.schema: dict[str, TableInfo] = {}
         self.query_timeout_ms = query_timeout_ms
         self.meta_loaded = False
+        self.meta_version = -1
+        self.key_types: dict[str, str] = {}
+        self.ddl_stamps: dict[str, str] = {}
         self.local_schemas: dict[str, gather.LocalSchema] = {}
         self.null_shards: dict[str, str] = {}  # table -> shard that holds NULL-key rows
         self.sequences: set[str] = set()  # tables whose keys the router assigns

@@ -35,6 +35,7 @@ PREFIX = "table:"
 NULL_SHARD = "null_shard"
 SEQUENCE = "sequence"
 SEQ_PREFIX = "seq:"
+DDL_PREFIX = "ddl:"
 _ROUTER_KEYS = (NULL_SHARD, SEQUENCE)
 
 
@@ -135,3 +136,40 @@ def overlay(base: Any, learned: dict[str, dict[str, Any]]) -> Any:
             tables[key] = cur
     data["tables"] = tables
     return vschema.from_dict(data, source="<router>")
+
+
+async def version(pool: ShardPool) -> int:
+    """The default shard's metadata version (every MetaSet increments it)."""
+    key = protocol.META_VERSION_KEY
+    result = await pool.run(lambda c: c.call(lambda rid: protocol.MetaGet(id=rid, prefix=key)))
+    value = ((result.info or {}).get("values") or {}).get(key)
+    return int(value) if value else 0
+
+
+async def announce_ddl(pool: ShardPool, table: str, conn: ShardConnection | None = None) -> str:
+    """Record that ``table``'s definition changed (``ddl:<table>``): the version bump
+    tells every other router to drop what it cached about it. Returns the stamp."""
+    import time
+    import uuid
+
+    stamp = f"{time.time():.6f} {uuid.uuid4().hex[:8]}"
+
+    async def put(c: ShardConnection) -> Any:
+        return await c.call(
+            lambda rid: protocol.MetaSet(id=rid, key=DDL_PREFIX + table, value=stamp)
+        )
+
+    if conn is not None:
+        await put(conn)
+    else:
+        await pool.run(put)
+    return stamp
+
+
+async def ddl_stamps(pool: ShardPool) -> dict[str, str]:
+    """``table -> stamp`` of the last DDL announced for each table."""
+    result = await pool.run(
+        lambda c: c.call(lambda rid: protocol.MetaGet(id=rid, prefix=DDL_PREFIX))
+    )
+    values = (result.info or {}).get("values") or {}
+    return {k[len(DDL_PREFIX) :]: v for k, v in values.items() if v and k.startswith(DDL_PREFIX)}

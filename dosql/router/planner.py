@@ -237,6 +237,7 @@ _PRAGMA_READ = frozenset(
         "automatic_index", "defer_foreign_keys", "ignore_check_constraints", "query_only",
         "reverse_unordered_selects", "trusted_schema", "legacy_alter_table", "hard_heap_limit",
         "soft_heap_limit", "threads", "analysis_limit", "journal_size_limit", "cache_spill",
+        "read_uncommitted", "count_changes", "full_column_names", "short_column_names",
     }
 )  # fmt: skip
 # PRAGMAs that maintain a database without changing its rows: run on every shard,

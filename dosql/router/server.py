@@ -79,6 +79,9 @@ def admin_token(config: Config) -> str | None:
     return None
 
 
+METADATA_POLL_S = 1.0  # how often a router looks for other routers' DDL
+
+
 def _sql(message: Any) -> dict[str, str]:
     """The statement of a request, shortened, for a log line."""
     sql = getattr(message, "sql", None)
@@ -163,6 +166,7 @@ class Router:
             self.resolver = Resolver(pools)  # prepared transactions left without a router
             self.metrics.watch_transactions(self.resolver.counts, ["prepared", "in_doubt"])
             nursery.start_soon(self.resolver.run)
+            nursery.start_soon(self._watch_metadata)
             try:
                 await self.executor.load_metadata()
             except DoSQLError as exc:
@@ -289,6 +293,10 @@ class Router:
             kind = await self.dispatch(ws, session, message) or kind
         except DoSQLError as exc:
             self.metrics.errors.labels(exc.code).inc()
+            if exc.code == "TABLE_NOT_FOUND" and session.tx is None:
+                # a shard lacks a table this router knows: dropped or altered through
+                # another router? The next statement sees the shared metadata again.
+                await self._refreshed()
             log.info(
                 "request failed",
                 extra={"kind": kind, "code": exc.code, "error": exc.message[:300], **_sql(message)},
@@ -334,10 +342,33 @@ class Router:
                     code="SHARD_UNAVAILABLE",
                     details={"shard": ex.vs.default_shard},
                 ) from None
-            raise
+            # another router may have created it since this one loaded the metadata
+            if not await self._refreshed():
+                raise
+            p = ex.plan(sql)
         if getattr(p, "learn", None) == "policy" and meta_error is not None:
             raise meta_error
         return p
+
+    async def _watch_metadata(self) -> None:
+        """Poll the shared metadata's version: what another router created, altered or
+        dropped is seen here within a second even if no statement here misses it."""
+        while True:
+            await trio.sleep(METADATA_POLL_S)
+            if self.executor is not None and self.executor.meta_loaded:
+                try:
+                    await self.executor.refresh_metadata()
+                except DoSQLError as exc:  # the default shard is down: the pool logs it
+                    log.debug("metadata poll failed", extra={"error": exc.message})
+
+    async def _refreshed(self) -> bool:
+        """Reload the shared table metadata if another router changed it; False if not."""
+        assert self.executor is not None
+        try:
+            return await self.executor.refresh_metadata()
+        except DoSQLError as exc:
+            log.warning("could not reload table metadata", extra={"error": exc.message})
+            return False
 
     async def tx_status_result(self, asked: re.Match[str], params: Any) -> ShardResult:
         """``SELECT dosql_transaction_status(gtid)``: committed / aborted / in_doubt (resolver.py)."""

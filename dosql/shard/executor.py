@@ -495,6 +495,13 @@ class Shard:
                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                         (key, value),
                     )
+                # every change bumps the version, in the same transaction: a router polls
+                # it to learn that another router changed what they share
+                state.conn.execute(
+                    "INSERT INTO _dosql_meta(key, value) VALUES (?, '1') ON CONFLICT(key) "
+                    "DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+                    (protocol.META_VERSION_KEY,),
+                )
                 if own_tx:
                     state.conn.execute("COMMIT")
             except BaseException:

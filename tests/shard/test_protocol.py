@@ -186,7 +186,8 @@ def test_change_log_ops_meta_and_release(client: ShardClient) -> None:
     assert values == {"vschema/tables/t": "unsharded"}
     client.request(protocol.MetaSet(client.next_id(), "seq/x", None))
     assert client.request(protocol.MetaGet(client.next_id())).info["values"] == {
-        "vschema/tables/t": "unsharded"
+        "vschema/tables/t": "unsharded",
+        protocol.META_VERSION_KEY: "3",  # every MetaSet bumps it: routers poll it
     }
     assert client.lsn_info()["current_lsn"] == 11  # metadata is not captured
     ok = client.request(protocol.ReleaseChanges(client.next_id(), 6))

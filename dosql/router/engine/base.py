@@ -85,6 +85,8 @@ class Services(Protocol):
 
     async def forget_table(self, name: str, tx: Transaction | None) -> None: ...
 
+    async def announce_ddl(self, name: str, tx: Transaction | None) -> None: ...
+
     async def on_shard(
         self,
         sid: str,

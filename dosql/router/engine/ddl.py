@@ -53,6 +53,8 @@ class DDL(Operator):
                 await ex.learn_table(self.table, self.learn, targets[0], session.tx)
             if self.action == "drop_table" and self.table and self.table.lower() in ex.learned:
                 await ex.forget_table(self.table, session.tx)
+            if self.table:
+                await ex.announce_ddl(self.table, session.tx)
             return result
         finally:
             forget(ctx, self.table)
