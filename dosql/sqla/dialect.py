@@ -16,7 +16,7 @@ What differs from SQLAlchemy's SQLite dialect, and why:
 - the SQLite version comes from the shards (``SELECT sqlite_version()``), not
   from the local :mod:`sqlite3` module;
 - the table list leaves out DoSQL's ``_dosql_*`` tables and adds tables that
-  live on shards other than the default one (:mod:`dosql.sqla.tables`);
+  live on shards other than the default one (:mod:`dosql.tablelist`);
 - SQLAlchemy's "insertmanyvalues" (one multi-row ``INSERT … RETURNING`` for
   many ORM objects) is off: the router splits a multi-row INSERT by shard, so
   RETURNING rows would not come back in parameter order. The ORM then inserts
@@ -32,7 +32,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects.sqlite.base import SQLiteDialect
 from sqlalchemy.engine import URL, reflection
 
-from dosql.sqla import tables
+from dosql import tablelist
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -118,20 +118,13 @@ class DoSQLDialect(SQLiteDialect):
         **kw,
     ) -> list[str]:
         query = self._sqlite_main_query("sqlite_master", "table", schema, sqlite_include_internal)
-        names = [
-            n
-            for n in connection.exec_driver_sql(query).scalars().all()
-            if not tables.is_internal(n)
-        ]
-        if schema in (None, "main"):
-            url = connection.connection.dbapi_connection.url
-            seen = {n.lower() for n in names}
-            for name in tables.vschema_tables(url):
-                if name.lower() not in seen and self._get_table_pragma(
-                    connection, "table_info", name, schema=schema
-                ):
-                    names.append(name)
-        return sorted(names)
+        names = [str(n) for n in connection.exec_driver_sql(query).scalars().all()]
+        if schema not in (None, "main"):
+            return [n for n in names if not tablelist.is_internal(n)]
+        url = connection.connection.dbapi_connection.url
+        return tablelist.table_names(
+            lambda sql: connection.exec_driver_sql(sql).fetchall(), url, default_shard=names
+        )
 
     @reflection.cache
     def get_view_names(
@@ -145,7 +138,7 @@ class DoSQLDialect(SQLiteDialect):
         return [
             n
             for n in connection.exec_driver_sql(query).scalars().all()
-            if not tables.is_internal(n)
+            if not tablelist.is_internal(n)
         ]
 
     @reflection.cache
