@@ -125,6 +125,15 @@ def test_reflection_through_the_router(engine: object) -> None:
     assert insp.get_pk_constraint("system_config")["constrained_columns"] == ["key"]
     with pytest.raises(sa.exc.NoSuchTableError):
         insp.get_columns("nope")
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE TABLE item_tags (id INTEGER PRIMARY KEY, item_id INTEGER "
+            "REFERENCES items (id), tag TEXT)"
+        )
+    fks = insp.get_foreign_keys("item_tags")
+    assert [
+        (f["constrained_columns"], f["referred_table"], f["referred_columns"]) for f in fks
+    ] == [(["item_id"], "items", ["id"])]
     # a whole MetaData reflected, as Alembic's autogenerate and Superset do
     md = sa.MetaData()
     md.reflect(engine, only=["items", "system_config"])
