@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 Command = Callable[["Shell", str], int]
 
 
+class Quit(Exception):  # noqa: N818 - a request, not an error
+    """``.quit``: end the session with ``status``."""
+
+    def __init__(self, status: int = exitcodes.OK) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 def _help(shell: Shell, arg: str) -> int:
     width = max(len(usage) for usage, _ in COMMANDS.values())
     for usage, text in COMMANDS.values():
@@ -24,8 +32,6 @@ def _help(shell: Shell, arg: str) -> int:
 
 
 def _quit(shell: Shell, arg: str) -> int:
-    from dosql.shell.session import Quit
-
     raise Quit(exitcodes.OK)
 
 

@@ -22,20 +22,13 @@ from typing import Any, TextIO
 
 from dosql import driver, exitcodes
 from dosql.discovery import Target
-from dosql.shell import output, script
+from dosql.shell import commands, output, script
+from dosql.shell.commands import Quit
 
 PROMPT = "dosql> "
 CONTINUE = "   ...> "
 
 ReadLine = Callable[[str], "str | None"]  # None at the end of the input
-
-
-class Quit(Exception):
-    """``.quit``: end the session with ``status``."""
-
-    def __init__(self, status: int = exitcodes.OK) -> None:
-        super().__init__(status)
-        self.status = status
 
 
 class Shell:
@@ -119,8 +112,6 @@ class Shell:
 
     def command(self, line: str) -> int:
         """Run one dot-command; raises :class:`Quit` for ``.quit``."""
-        from dosql.shell import commands
-
         try:
             return commands.run(self, line)
         except driver.Error as exc:

@@ -13,6 +13,4 @@ from __future__ import annotations
 
 from dosql.sqla.dialect import DoSQLDialect
 
-dialect = DoSQLDialect
-
-__all__ = ["DoSQLDialect", "dialect"]
+__all__ = ["DoSQLDialect"]
