@@ -41,3 +41,11 @@ class Requirements(SuiteRequirements):
     @property
     def parens_in_union_intersect_except(self):
         return exclusions.closed()
+
+    @property
+    def parens_in_union_contained_select_w_limit_offset(self):
+        return exclusions.closed()
+
+    @property
+    def parens_in_union_contained_select_wo_limit_offset(self):
+        return exclusions.closed()
