@@ -70,6 +70,14 @@ def build_parser(subcommands: dict[str, tuple[str, str]], prog: str) -> argparse
 
 
 def dispatch(subcommands: dict[str, tuple[str, str]], prog: str, argv: list[str] | None) -> int:
+    try:
+        return _dispatch(subcommands, prog, argv)
+    except KeyboardInterrupt:  # Ctrl-C while importing or parsing, before run()
+        print(file=sys.stderr)
+        return exitcodes.INTERRUPTED
+
+
+def _dispatch(subcommands: dict[str, tuple[str, str]], prog: str, argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(subcommands, prog)
     if not argv or argv[0] in ("-h", "--help", "--version") or argv[0] not in subcommands:

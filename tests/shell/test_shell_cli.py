@@ -219,19 +219,26 @@ def test_broken_pipe_is_quiet(here: Path) -> None:
 
 
 def test_ctrl_c_exits_130_without_traceback(here: Path) -> None:
-    for args in (["shell"], ["tail", "--table", "people"]):
+    for args, first in (
+        (["shell"], "SELECT 1 AS ready;\n"),
+        (["tail", "--table", "people", "--from", "earliest"], None),
+    ):
         proc = subprocess.Popen(
             [str(BIN / "dosql"), *args],
             cwd=here,
             env=_env(here),
-            stdin=subprocess.PIPE,  # kept open: the shell waits for input
+            stdin=subprocess.PIPE,  # kept open: the shell waits for more input
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(3)  # connected and waiting
+        assert proc.stdin is not None and proc.stdout is not None
+        if first:
+            proc.stdin.write(first)
+            proc.stdin.flush()
+        assert proc.stdout.readline()  # connected and running: now interrupt it
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
         assert proc.returncode == 130, (args, err)
         assert "Traceback" not in err, err
 
