@@ -45,3 +45,8 @@ jepsen: $(STAMP)
 	DOSQL_JEPSEN_ROUNDS=$${DOSQL_JEPSEN_ROUNDS:-5} \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 \
 		tests/router/test_atomic_commit.py tests/shard/test_prepared.py tests/router/test_resolver.py
+
+# SQLAlchemy's own dialect compliance suite against a fresh cluster (compliance/sqlalchemy).
+.PHONY: sqla-suite
+sqla-suite: $(STAMP)
+	$(BIN)/python compliance/sqlalchemy/run.py -q -p no:warnings test_suite.py

@@ -10,12 +10,14 @@ import time
 from websockets.sync.client import connect
 
 from dosql import protocol
-from dosql.errors import ConfigurationError, RPCError, TimeoutError_
+from dosql.errors import RPCError, TimeoutError_
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--url", help="lake writer address (default: $DOLAKE_URL, or lake.url of --config)"
+        "--url",
+        help="lake writer address (default: $DOLAKE_URL, lake.url of --config, "
+        "else .dosql-data/cluster.toml)",
     )
     parser.add_argument("--config", help="deployment TOML file (for lake.url and the token)")
     parser.add_argument("--table", help="flush only this source table")
@@ -103,23 +105,12 @@ def flush_through(
 
 
 def lake_target(args: argparse.Namespace) -> tuple[str, str | None]:
-    """The lake writer's URL and an admin token, from --url/--token, --config or DOLAKE_URL."""
-    url, token = args.url, args.token
-    if args.config:
-        from dosql import config as config_mod
+    """The lake writer's URL and an admin token: --url/--token, DOLAKE_URL, --config,
+    or the cluster's ``.dosql-data/cluster.toml`` (:func:`dosql.discovery.resolve`)."""
+    from dosql import discovery
 
-        cfg = config_mod.load(args.config)
-        url = url or cfg.lake.url
-        admin = [t.token for t in cfg.tokens if t.scope == "admin"]
-        token = token or (admin[0] if admin else None)
-    url = url or os.environ.get("DOLAKE_URL")
-    if not url:
-        raise ConfigurationError(
-            "no lake writer address: pass --url ws://host:port, set DOLAKE_URL, "
-            "or --config with lake.url",
-            code="MISSING_CONFIG",
-        )
-    return url, token
+    target = discovery.resolve("lake", url=args.url, token=args.token, config=args.config)
+    return target.url, target.token
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,8 +10,9 @@ error names the process and shows the tail of its log.
 Layout of ``data_dir``: ``shards/<id>.db`` (shard databases, kept across
 runs), ``logs/``, ``lake/`` (warehouse and catalog, when the lake runs) and
 ``cluster.toml``: the given config with the VSchema inline, shard addresses,
-and the lake URL, warehouse and catalog filled in — the file the router (and
-any tool) can be pointed at.
+the router URL (``router.url``) and the lake URL, warehouse and catalog
+filled in — the file the router (and any tool) can be pointed at, and the one
+the CLI reads when run beside the data directory (:mod:`dosql.discovery`).
 """
 
 from __future__ import annotations
@@ -214,6 +215,8 @@ class LocalCluster:
         raw["lake"] = lake
         router = dict(raw.get("router", {}))
         router["port"] = 0
+        if self.url:
+            router["url"] = self.url
         raw["router"] = router
         tmp = self.cluster_config.with_suffix(".toml.tmp")
         tmp.write_text(to_toml(raw), encoding="utf-8")
@@ -243,6 +246,7 @@ class LocalCluster:
         self._router_port = self._router.wait_ready()
         self.url = f"dosql://127.0.0.1:{self._router_port}"
         self._owner.describe(address=self.url)
+        self._write_config()  # with router.url: the CLI finds the cluster from this file
 
     def _new_router(self, port: int, env: dict[str, str] | None = None) -> _Process:
         argv = self._python(

@@ -65,6 +65,9 @@ SETTINGS: tuple[Setting, ...] = (
     # two-phase commit for transactions that wrote on several shards (router/twophase.py);
     # false: commit them shard after shard, best effort (a kill can leave one half-applied)
     _s("router", "atomic_commit", "DOSQL_ATOMIC_COMMIT", True, "bool"),
+    # Address clients use to reach the router (written by the launcher into
+    # cluster.toml, read by the CLI when it runs beside the data directory).
+    _s("router", "url", "DOSQL_URL", "", "str"),
     # shard
     _s("shard", "host", "DOSQL_SHARD_HOST", "127.0.0.1", "str"),
     _s("shard", "shard_count", "SHARD_COUNT", 16, minimum=1),
@@ -129,6 +132,7 @@ class RouterConfig:
     atomic_commit: bool = True
     query_memory_mb: int = 512
     slow_query_ms: int = 100
+    url: str = ""
 
 
 @dataclass(frozen=True)

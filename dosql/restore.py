@@ -166,12 +166,10 @@ def _rollback(conn: Any) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    env_url = os.environ.get("DOSQL_URL")
     parser.add_argument(
         "--url",
-        default=env_url,
-        required=env_url is None,
-        help="router address, e.g. dosql://127.0.0.1:7000 (env DOSQL_URL)",
+        help="router address, e.g. dosql://127.0.0.1:7000 "
+        "(default: env DOSQL_URL, else .dosql-data/cluster.toml)",
     )
     parser.add_argument("--table", required=True, help="the table whose past state to restore")
     parser.add_argument(
@@ -215,14 +213,17 @@ def _reporter() -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dosql import discovery, exitcodes
+
+    target = discovery.resolve("router", url=args.url, token=args.token)
     update, stop = _reporter()
     try:
         result = restore_table(
-            args.url,
+            target.url,
             args.table,
             args.as_of,
             args.into,
-            token=args.token,
+            token=target.token,
             progress=update,
             batch=max(1, args.batch),
             timeout=args.timeout,
@@ -230,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     except (driver.Error, ValidationError, QueryError) as exc:
         stop()
         print(f"dosql restore-table: error: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.for_error(exc)
     stop()
     print(f"restored {result.rows} rows of {result.table} as of {result.as_of} into {result.into}")
     return 0

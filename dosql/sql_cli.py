@@ -4,8 +4,11 @@ For operators and scripts: a table (like the sqlite3 shell's box-less mode)
 for people, ``--json`` for programs. Bytes print as ``X'hex'`` in the table
 and as ``{"hex": "..."}`` in JSON, since JSON has no binary type. The token
 defaults to the ``DOSQL_TOKEN`` environment variable, so it need not appear
-in shell history. Exit status: 0 on success, 2 when the statement or the
-connection fails (the error code and message go to stderr).
+in shell history; without ``--url`` (or ``DOSQL_URL``) the router is found
+from ``.dosql-data/cluster.toml`` (:mod:`dosql.discovery`). Exit status: 0 on
+success, 1 when the statement fails, 2 when the connection does (the error
+code and message go to stderr; :mod:`dosql.exitcodes`). ``dosql shell`` runs
+many statements, interactively or from a file.
 """
 
 from __future__ import annotations
@@ -16,17 +19,15 @@ import os
 import sys
 from typing import Any
 
-from dosql import driver
+from dosql import discovery, driver, exitcodes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sql", help="one SQL statement")
-    env_url = os.environ.get("DOSQL_URL")
     parser.add_argument(
         "--url",
-        default=env_url,
-        required=env_url is None,
-        help="router address as printed by `dosql up`, e.g. dosql://127.0.0.1:7000 (env DOSQL_URL)",
+        help="router address as printed by `dosql up`, e.g. dosql://127.0.0.1:7000 "
+        "(default: env DOSQL_URL, else .dosql-data/cluster.toml)",
     )
     parser.add_argument(
         "--token", default=os.environ.get("DOSQL_TOKEN"), help="bearer token (env DOSQL_TOKEN)"
@@ -38,35 +39,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    target = discovery.resolve("router", url=args.url, token=args.token)
     try:
-        conn = driver.connect(args.url, token=args.token, timeout=args.timeout, autocommit=True)
-        try:
-            cur = conn.cursor().execute(args.sql)
-            columns = [d[0] for d in cur.description] if cur.description else []
-            rows = cur.fetchall() if cur.description else []
-            result = {
-                "columns": columns,
-                "rows": [list(r) for r in rows],
-                "rowcount": cur.rowcount,
-                "lastrowid": cur.lastrowid,
-            }
-        finally:
-            conn.close()
+        conn = driver.connect(target.url, token=target.token, timeout=args.timeout, autocommit=True)
     except driver.Error as exc:
         print(f"dosql sql: error: {exc}", file=sys.stderr)
-        return 2
+        return exitcodes.for_error(exc, connecting=True)
+    try:
+        cur = conn.cursor().execute(args.sql)
+        columns = [d[0] for d in cur.description] if cur.description else []
+        rows = cur.fetchall() if cur.description else []
+        result = result_json(columns, rows, cur.rowcount, cur.lastrowid)
+    except driver.Error as exc:
+        print(f"dosql sql: error: {exc}", file=sys.stderr)
+        return exitcodes.for_error(exc)
+    finally:
+        conn.close()
     if args.json:
-        print(json.dumps(result, default=_json_value))
+        print(json.dumps(result, default=json_value))
     else:
         print(format_table(columns, rows, result["rowcount"]))
-    return 0
+    return exitcodes.OK
+
+
+def result_json(
+    columns: list[str], rows: list[tuple[Any, ...]], rowcount: int, lastrowid: int | None
+) -> dict[str, Any]:
+    """One statement's outcome as the JSON object ``--json`` prints."""
+    return {
+        "columns": columns,
+        "rows": [list(r) for r in rows],
+        "rowcount": rowcount,
+        "lastrowid": lastrowid,
+    }
 
 
 def format_table(columns: list[str], rows: list[tuple[Any, ...]], rowcount: int) -> str:
-    """Aligned columns with a header rule, then a row count (or rows affected)."""
+    """Aligned columns with a header rule, then a row count (or rows affected).
+
+    A statement without rows prints ``OK``, with the rows it changed when the
+    server counted any (DDL reports -1: nothing to say).
+    """
     if not columns:
+        if rowcount < 0:
+            return "OK"
         return f"OK ({rowcount} row{'s' if rowcount != 1 else ''} affected)"
-    cells = [[_cell(v) for v in row] for row in rows]
+    cells = [[cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
     numeric = [
         all(isinstance(row[i], int | float) or row[i] is None for row in rows) and bool(rows)
@@ -86,7 +104,7 @@ def format_table(columns: list[str], rows: list[tuple[Any, ...]], rowcount: int)
     return "\n".join(out)
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
@@ -94,7 +112,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _json_value(value: Any) -> Any:
+def json_value(value: Any) -> Any:
     if isinstance(value, bytes):
         return {"hex": value.hex()}
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")

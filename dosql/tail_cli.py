@@ -3,7 +3,9 @@
 Prints every event the subscribe endpoint sends (row changes in the Debezium
 envelope, schema and commit events; heartbeats with ``--heartbeats``) as one
 JSON line each, BLOBs as base64 as on the wire. Stop with Ctrl-C; the last
-line's ``position`` resumes with ``--from``.
+line's ``position`` resumes with ``--from``. Without ``--url`` (or
+``DOLAKE_URL``) the lake writer is found from ``.dosql-data/cluster.toml``.
+A reader that stops early (``| head``) ends it quietly (see :mod:`dosql.cli`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import sys
 import time
 
 from dosql import changefeed as sub_mod
+from dosql import discovery, exitcodes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--url",
-        default=os.environ.get("DOLAKE_URL", ""),
-        help="lake writer (or subscribe server) address, ws://host:port (env DOLAKE_URL)",
+        help="lake writer (or subscribe server) address, ws://host:port "
+        "(default: env DOLAKE_URL, else .dosql-data/cluster.toml)",
     )
     parser.add_argument(
         "--table",
@@ -57,12 +60,10 @@ def _start(value: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.url:
-        print("dosql tail: --url ws://host:port is required (or set DOLAKE_URL)", file=sys.stderr)
-        return 2
     if args.snapshot and args.start != "latest":
         print("dosql tail: --snapshot starts at the snapshot; drop --from", file=sys.stderr)
-        return 2
+        return exitcodes.USAGE_ERROR
+    target = discovery.resolve("lake", url=args.url, token=args.token)
     message = sub_mod.request(
         args.tables or "*",
         "latest",
@@ -74,9 +75,9 @@ def run(args: argparse.Namespace) -> int:
     printed = 0
     last = time.monotonic()
     with sub_mod.Subscription(
-        args.url,
+        target.url,
         message,
-        token=args.token,
+        token=target.token,
         decode_binary=False,
         heartbeats=True,
         timeout=args.idle_exit,

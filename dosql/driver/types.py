@@ -139,15 +139,27 @@ def describe(
 
 
 def adapt(value: Any) -> Any:
-    """One parameter as a SQLite value, or raise TypeError/OverflowError saying why."""
-    if value is None or isinstance(value, str | float | bytes):
+    """One parameter as a SQLite value, or raise TypeError/OverflowError saying why.
+
+    Subclasses of str, float, int and bytes (SQLAlchemy's ``quoted_name``,
+    ``enum.StrEnum``/``IntEnum`` members, ``numpy.float64``) are sent as the
+    plain type: the wire encoder only takes the exact types.
+    """
+    t = type(value)
+    if value is None or t is str or t is float or t is bytes:
         return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
             raise OverflowError(f"integer {value} does not fit in SQLite's 64-bit INTEGER")
-        return value
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, bytes):
+        return bytes(value)
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     if isinstance(value, datetime.datetime):

@@ -197,6 +197,24 @@ def test_bind_adapts_values() -> None:
     assert bind({"a": 1, "b": datetime.time(1, 2)}) == {"a": 1, "b": "01:02:00"}
 
 
+def test_bind_sends_subclasses_of_plain_types_as_the_plain_type() -> None:
+    """SQLAlchemy passes table names as ``quoted_name`` (a str subclass) in reflection."""
+    import enum
+
+    class Name(str):
+        pass
+
+    class Level(enum.IntEnum):
+        HIGH = 3
+
+    class Ratio(float):
+        pass
+
+    bound = bind([Name("t"), Level.HIGH, Ratio(0.5), {"k": Name("v")}["k"]])
+    assert bound == ["t", 3, 0.5, "v"]
+    assert [type(v) for v in bound] == [str, int, float, str]
+
+
 @pytest.mark.parametrize(
     ("params", "error", "code"),
     [

@@ -68,12 +68,12 @@ def test_write_statement_reports_rows_affected(server: Server, people: str) -> N
     assert json.loads(check.stdout)["rows"] == [["x"]]  # committed (autocommit)
 
 
-def test_errors_exit_2_with_code(server: Server) -> None:
+def test_errors_exit_with_their_class_and_code(server: Server) -> None:
     done = dosql_sql("--url", server.url, "SELECT * FROM nowhere")
-    assert done.returncode == 2
+    assert done.returncode == 1  # an SQL error (dosql.exitcodes)
     assert "TABLE_NOT_FOUND" in done.stderr and done.stdout == ""
     done = dosql_sql("--url", "dosql://127.0.0.1:1", "SELECT 1")
-    assert done.returncode == 2 and "RPC_UNAVAILABLE" in done.stderr
+    assert done.returncode == 2 and "RPC_UNAVAILABLE" in done.stderr  # a connection error
 
 
 def test_format_table_edge_cases() -> None:

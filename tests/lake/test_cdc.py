@@ -561,7 +561,7 @@ def test_flush_cli_and_tokens(tmp_path):
             )
 
         refused = cli("ro")
-        assert refused.returncode == 2 and "PERMISSION_DENIED" in refused.stderr
+        assert refused.returncode == 1 and "PERMISSION_DENIED" in refused.stderr
         done = cli("adm")
         assert done.returncode == 0, done.stderr
         info = json.loads(done.stdout)
@@ -652,7 +652,7 @@ def test_bad_config_fails_at_start_naming_the_setting(tmp_path):
         text=True,
         timeout=60,
     )
-    assert proc.returncode == 2 and "lake.flush_interval_ms" in proc.stderr
+    assert proc.returncode == 3 and "lake.flush_interval_ms" in proc.stderr
 
 
 def test_event_threshold_triggers_a_flush(tmp_path):

@@ -233,7 +233,7 @@ def test_dosql_changes_prints_the_log(shard: ShardProcess, client: ShardClient) 
         cwd=REPO,
         timeout=30,
     )
-    assert bad.returncode == 2 and "does not exist" in bad.stderr
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
     expect_error(lambda: client.execute("DELETE FROM _dosql_changes"), "INTERNAL_TABLE")
 
 

@@ -57,7 +57,7 @@ def test_tail_prints_json_lines(env):
     out = tail(*args, "--from", "earliest", "--ops", "c", "--limit", "2")
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 2
     bad = tail(*args, "--from", "garbage")
-    assert bad.returncode == 2 and "bad position" in bad.stderr
+    assert bad.returncode == 1 and "bad position" in bad.stderr
 
 
 async def test_async_client(env):

@@ -307,12 +307,12 @@ def test_cli_reports_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[tables.users]\nkind = "sharded"\ncolumn = "id"\nvindex = "nope"\n')
     proc = run_cli("--file", str(bad))
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # an unusable input file (dosql.exitcodes)
     assert "INVALID_VSCHEMA" in proc.stderr and "nope" in proc.stderr
     broken = tmp_path / "broken.toml"
     broken.write_text("[[shards]\n")
     proc = run_cli("--file", str(broken))
-    assert proc.returncode == 2 and str(broken) in proc.stderr
+    assert proc.returncode == 3 and str(broken) in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
