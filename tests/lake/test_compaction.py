@@ -1,0 +1,292 @@
+"""Lake lifecycle (issue 13): compaction and orphan-file cleanup in the running lake writer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from dolake import readers
+
+from .helpers import CDC, US, Lake
+from .test_cdc import SLOW_FLUSH, Workload, changelog_lsns, mirror, send_all
+from .test_lifecycle import _as_of, _referenced, _warehouse_files
+
+COMPACT_ENV = {
+    **SLOW_FLUSH,
+    "DOLAKE_EXPIRE_INTERVAL_MS": "0",
+    "DOLAKE_COMPACTION_INTERVAL_MS": "0",  # only on request unless a test says otherwise
+    "DOLAKE_MIN_FILES_THRESHOLD": "4",
+}
+
+
+def _cli(lake: Lake, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dolake", *args, "--url", lake.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=check,
+    )
+
+
+def _json(out: subprocess.CompletedProcess) -> dict:
+    return json.loads(out.stdout)
+
+
+def _live_files(cat, table: str) -> tuple[int, int]:
+    t = readers.load(cat, table)
+    s = t.current_snapshot().summary
+    return int(s["total-data-files"]), int(s["total-delete-files"])
+
+
+def _duck_ids(cat, table: str = "items") -> list:
+    return sorted(r["id"] for r in readers.duckdb_scan(cat, table).to_pylist())
+
+
+def _check_exact(cat, w: Workload) -> None:
+    """Mirror == the model in pyiceberg and DuckDB; change log holds every LSN once."""
+    expected = w.expected()
+    assert mirror(cat) == expected
+    duck = sorted(readers.duckdb_scan(cat, "items").to_pylist(), key=lambda r: r["id"])
+    assert [r["id"] for r in duck] == [r["id"] for r in expected]
+    py = readers.scan(cat, "items", hidden=True).to_pylist()
+    assert sorted(duck, key=lambda r: r["id"]) == sorted(py, key=lambda r: r["id"])
+    assert changelog_lsns(cat) == {"shard-0": list(range(1, w.lsn + 1))}
+    duck_lsns = sorted(r["_lsn"] for r in readers.duckdb_scan(cat, "items__changelog").to_pylist())
+    assert duck_lsns == list(range(1, w.lsn + 1))
+
+
+def _small_flushes(lake: Lake, cdc: CDC, w: Workload, n: int, states: list | None = None) -> None:
+    for _ in range(n):
+        send_all(cdc, w.step(8))
+        assert lake.flush()["tables"]["items"]["error"] is None
+        if states is not None:
+            states.append((w.lsn, w.expected()))
+
+
+def test_compaction_rewrites_small_files_exactly_and_keeps_time_travel(tmp_path):
+    """After many small flushes `dolake compact --dry-run` changes nothing, `dolake
+    compact` replaces the small files of both tables by few (one replace snapshot
+    each, watermarks carried over); pyiceberg and DuckDB read exactly the model,
+    the change log every LSN once, time travel to points before the compaction is
+    exact, the next flushes (key index moved, not rebuilt) stay exact, and
+    /status + /metrics show the compaction."""
+    lake = Lake(tmp_path, env=COMPACT_ENV).start()
+    try:
+        w = Workload(51)
+        w.start()
+        cdc = CDC(lake, "shard-0")
+        send_all(cdc, list(w.changes) + w.step(200))
+        lake.flush()
+        states: list = []
+        _small_flushes(lake, cdc, w, 12, states)
+        cat = lake.catalog()
+        before_m, before_cl = _live_files(cat, "items"), _live_files(cat, "items__changelog")
+        assert before_m[0] >= 13 and before_m[1] >= 12 and before_cl[0] >= 13
+        snaps_before = len(readers.load(cat, "items").snapshots())
+        files_before = _warehouse_files(lake)
+
+        dry = _json(_cli(lake, "compact", "--dry-run"))
+        m = dry["tables"]["items"]["mirror"]
+        assert dry["dry_run"] and m["data_files_to_rewrite"] == before_m[0], dry
+        assert m["snapshot_id"] is None
+        assert _warehouse_files(lake) == files_before
+        assert len(lake.catalog().load_table(("default", "items")).snapshots()) == snaps_before
+
+        out = _cli(lake, "compact")
+        info = _json(out)
+        assert "items: rewrote" in out.stderr
+        m, cl = info["tables"]["items"]["mirror"], info["tables"]["items"]["changelog"]
+        assert m["data_files_rewritten"] == before_m[0] and m["data_files_written"] == 1, m
+        assert m["delete_files_rewritten"] == before_m[1]
+        assert cl["data_files_rewritten"] == before_cl[0] and cl["data_files_written"] == 1
+        cat = lake.catalog()
+        mir = readers.load(cat, "items")
+        assert _live_files(cat, "items") == (1, 0)
+        assert _live_files(cat, "items__changelog") == (1, 0)
+        snap = mir.current_snapshot()
+        assert snap.summary.operation.value == "replace"
+        assert snap.summary["dosql.watermark.shard-0"] == str(w.lsn)
+        clsnap = cat.load_table(("default", "items__changelog")).current_snapshot()
+        assert clsnap.summary.operation.value == "replace"
+        assert clsnap.summary["dosql.watermark.shard-0"] == str(w.lsn)
+        _check_exact(cat, w)
+        for lsn, expected in states:  # time travel to before the compaction: unchanged
+            assert _as_of(cat, US + lsn) == expected
+        # the key index moved with the files: further flushes exact, no rebuild
+        _small_flushes(lake, cdc, w, 2)
+        cat = lake.catalog()
+        _check_exact(cat, w)
+        assert "mirror key index rebuilt" not in (tmp_path / "lake.log").read_text()
+        # nothing to do below the threshold
+        again = _json(_cli(lake, "compact", "--table", "items"))
+        assert again["tables"]["items"]["mirror"]["snapshot_id"] is None
+
+        status = json.loads(lake.http("/status")[1])
+        t = status["tables"]["items"]
+        assert t["data_files"] == 3 and t["delete_files"] == 2, t
+        assert t["last_compaction_ms"] == snap.timestamp_ms
+        assert t["last_compaction_duration_ms"] > 0
+        assert t["avg_file_size_bytes"] > 0
+        assert status["maintenance"]["min_files_threshold"] == 4
+        assert status["maintenance"]["last_compaction"]["tables"]["items"]
+        metrics = lake.http("/metrics")[1].decode()
+        assert 'dolake_table_avg_file_size_bytes{table="items"}' in metrics
+        assert 'dolake_table_last_compaction_timestamp_seconds{table="items__changelog"}' in metrics
+        assert "dolake_compactions_total 2.0" in metrics
+        unknown = _cli(lake, "compact", "--table", "nope", check=False)
+        assert unknown.returncode != 0 and "TABLE_NOT_FOUND" in unknown.stderr
+
+        # a restart finds the watermarks in the replace snapshots: nothing twice
+        cdc.close()
+        lake.stop()
+        lake.start()
+        cdc = CDC(lake, "shard-0")
+        assert cdc.welcome == w.lsn
+        send_all(cdc, w.changes[-20:] + w.step(10))
+        lake.flush()
+        _check_exact(lake.catalog(), w)
+    finally:
+        lake.stop()
+
+
+def test_background_compaction_while_writing_loses_nothing(tmp_path):
+    """Automatic compaction (compaction_interval_ms) running while a writer keeps
+    sending and flushing: no change lost or doubled, the live file count stays
+    bounded."""
+    env = {
+        **COMPACT_ENV,
+        "DOLAKE_COMPACTION_INTERVAL_MS": "150",
+        "DOLAKE_FLUSH_INTERVAL_MS": "60",
+    }
+    lake = Lake(tmp_path, env=env).start()
+    try:
+        w = Workload(52)
+        w.start()
+        cdc = CDC(lake, "shard-0")
+        send_all(cdc, list(w.changes) + w.step(100))
+        lake.flush()
+        counts = []
+        deadline = time.time() + 12
+        stop = threading.Event()
+
+        def ask_compaction() -> None:  # on-request compactions racing the automatic ones
+            while not stop.is_set():
+                _cli(lake, "compact", check=False)
+                time.sleep(0.3)
+
+        racer = threading.Thread(target=ask_compaction, daemon=True)
+        racer.start()
+        try:
+            while time.time() < deadline:
+                send_all(cdc, w.step(6))
+                time.sleep(0.05)
+                status = json.loads(lake.http("/status")[1])
+                if "items" in status["tables"]:
+                    counts.append(status["tables"]["items"]["data_files"])
+        finally:
+            stop.set()
+            racer.join(30)
+        lake.flush()
+        cat = lake.catalog()
+        _check_exact(cat, w)
+        mir = readers.load(cat, "items")
+        ops = [s.summary.operation.value for s in mir.snapshots()]
+        assert ops.count("replace") >= 3, ops
+        assert max(counts[len(counts) // 2 :]) <= 4 + 3, counts  # threshold + a few flushes
+        assert _referenced(mir) <= _warehouse_files(lake)
+    finally:
+        lake.stop()
+
+
+def _unreferenced(lake: Lake) -> set[str]:
+    """Files in the warehouse that neither table's metadata references."""
+    cat = lake.catalog()
+    refs: set[str] = set()
+    for ident in (("default", "items"), ("default", "items__changelog")):
+        t = cat.load_table(ident)
+        refs |= _referenced(t)
+        metas = [t.metadata_location, *(e.metadata_file for e in t.metadata.metadata_log)]
+        refs |= {m.removeprefix("file://") for m in metas}
+    return _warehouse_files(lake) - refs
+
+
+@pytest.mark.parametrize(
+    "point",
+    ["lake.compact.before_write", "lake.compact.after_write", "lake.compact.after_commit"],
+)
+def test_kill_during_compaction_then_restart_is_exact_and_orphans_cleaned(tmp_path, point):
+    """kill -9 at each step of the mirror's compaction (the change log's, first,
+    committed): after the restart the lake is exact (mirror == model, change log
+    == every LSN once), the stream resumes exactly (after the commit: the key index
+    is caught up from the replace snapshot, not rebuilt), a later compaction works,
+    and `dolake clean-orphans` deletes exactly the files the crash left
+    unreferenced (`--dry-run` first, deleting nothing; the default 1 h window
+    protects them all)."""
+    lake = Lake(tmp_path, env=COMPACT_ENV).start()
+    try:
+        w = Workload(53)
+        w.start()
+        cdc = CDC(lake, "shard-0")
+        send_all(cdc, list(w.changes) + w.step(100))
+        lake.flush()
+        _small_flushes(lake, cdc, w, 6)
+        cdc.close()
+        lake.stop()
+        lake.start(env={"DOSQL_CRASH_AT": point + ":2"})  # the 2nd hit: the mirror's
+        with pytest.raises(subprocess.CalledProcessError):
+            _cli(lake, "compact")
+        lake.proc.wait(10)
+        assert lake.proc.returncode == -9
+        lake.start()
+        cat = lake.catalog()
+        mir = readers.load(cat, "items")
+        cl = cat.load_table(("default", "items__changelog"))
+        assert cl.current_snapshot().summary.operation.value == "replace"
+        replaced = mir.current_snapshot().summary.operation.value == "replace"
+        assert replaced == (point == "lake.compact.after_commit")
+        _check_exact(cat, w)
+        cdc = CDC(lake, "shard-0")
+        assert cdc.welcome == w.lsn
+        send_all(cdc, w.changes[-10:] + w.step(8))
+        lake.flush()
+        _check_exact(lake.catalog(), w)
+        log_text = (tmp_path / "lake.log").read_text()
+        assert ("mirror key index caught up with a compaction" in log_text) == replaced
+
+        leftovers = _unreferenced(lake)
+        if point == "lake.compact.after_write":
+            assert any(p.endswith(".parquet") for p in leftovers), leftovers
+        before = _warehouse_files(lake)
+        dry = _json(_cli(lake, "clean-orphans", "--dry-run", "--older-than", "0s"))
+        found = sum(s["orphans"] for t in dry["tables"].values() for s in t.values())
+        assert dry["dry_run"] and found == len(leftovers)
+        assert _warehouse_files(lake) == before
+        young = _cli(lake, "clean-orphans")
+        assert all(
+            s["files_deleted"] == 0 for t in _json(young)["tables"].values() for s in t.values()
+        )
+        out = _json(_cli(lake, "clean-orphans", "--older-than", "0ms"))
+        deleted = sum(s["files_deleted"] for t in out["tables"].values() for s in t.values())
+        assert deleted == found
+        assert _warehouse_files(lake) == before - leftovers
+        assert not _unreferenced(lake)
+        cat = lake.catalog()
+        _check_exact(cat, w)
+        for snap in readers.load(cat, "items").snapshots():  # every kept snapshot reads
+            rows = readers.scan(cat, "items", snapshot_id=snap.snapshot_id).to_pylist()
+            assert len({r["id"] for r in rows}) == len(rows)
+        # compaction works after the restart, the stream stays exact
+        _small_flushes(lake, cdc, w, 4)
+        info = _json(_cli(lake, "compact"))
+        assert info["tables"]["items"]["mirror"]["snapshot_id"] is not None
+        _small_flushes(lake, cdc, w, 2)
+        _check_exact(lake.catalog(), w)
+        assert "mirror key index rebuilt" not in (tmp_path / "lake.log").read_text()
+    finally:
+        lake.stop()
