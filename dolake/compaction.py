@@ -9,9 +9,10 @@ every delete file, so without this a lake read gets slower with every flush
 Per partition of a table's current snapshot (the whole table when
 unpartitioned; a change log's ``day(_commit_ts)`` partitions), the *small*
 data files (smaller than ``target_file_size``, added at least ``min_age_ms``
-ago) are a candidate group, oldest first, at most ``max_files`` of them. A
+ago) are a candidate group, oldest first, at most ``max_files`` of them and
+about two target files' worth of bytes (a run holds its input in memory). A
 partition is compacted when it has ``min_files`` such files, or that many
-position-delete files. Then, in one snapshot (operation ``replace``):
+position-delete files (which are then merged into one). Then, in one snapshot (operation ``replace``):
 
 - the live rows of the group's files (their position deletes applied, read
   by pyiceberg's own scan: exactly what readers see) are written as new data
@@ -134,15 +135,14 @@ def plan(table: Table, policy: Policy, now_ms: int) -> list[Group]:
         if len(small) < policy.min_files and len(deletes) < policy.min_files:
             continue
         small.sort(key=lambda sf: (sf[0], sf[1].file_path))
-        groups.append(
-            Group(
-                spec_id,
-                partition,
-                [f for _, f in small[: policy.max_files]],
-                deletes,
-                {f.file_path for _, f, _ in data},
-            )
-        )
+        chosen: list[DataFile] = []
+        total = 0
+        for _, f in small:  # a run reads its input into memory: about 2 target files at most
+            if len(chosen) >= policy.max_files or (chosen and total >= 2 * policy.target_file_size):
+                break
+            chosen.append(f)
+            total += f.file_size_in_bytes
+        groups.append(Group(spec_id, partition, chosen, deletes, {f.file_path for _, f, _ in data}))
     return groups
 
 

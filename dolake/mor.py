@@ -490,8 +490,9 @@ def list_files(io: FileIO, location: str) -> Iterator[tuple[str, float]]:
         raise TypeError(f"listing files needs pyiceberg's PyArrowFileIO, not {type(io).__name__}")
     scheme, netloc, path = PyArrowFileIO.parse_location(location)
     fs = io.fs_by_scheme(scheme, netloc)
+    base = path.rstrip("/") + "/"  # never a sibling (T__changelog next to T)
     for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True)):
-        if info.type == FileType.File:
+        if info.type == FileType.File and info.path.startswith(base):
             mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
             yield info.path, mtime
 

@@ -38,7 +38,9 @@ images of the affected keys into one new data file (sorted by key; one per
 bucket touched when bucketed) and one position-delete file naming the old rows
 of those keys (one per partition of the files it names), in one snapshot.
 Manifests are merged as they pile up (``MAINTAINED_PROPERTIES``), so the
-manifest list stays short; snapshot expiry is dolake/maintenance.py. The old rows are found in a key index (key -> data
+manifest list stays short; snapshot expiry is dolake/maintenance.py, compaction
+(small files rewritten as one replace snapshot, the key index moved along)
+dolake/compaction.py, orphan cleanup dolake/orphans.py. The old rows are found in a key index (key -> data
 file, row position, owner shard, commit time) kept in a local SQLite file per table under
 ``<data dir>/lake/mirror_index/``: derived state, updated after each mirror
 commit and rebuilt from the mirror when it does not match the table's current
@@ -309,12 +311,19 @@ class Writer:
                     code="TABLE_NOT_FOUND",
                 )
             res: dict[str, Any] = {}
-            if lt.changelog is not None:
-                res["changelog"] = compaction.compact_table(
-                    lt.changelog, policy, now_ms=now_ms, dry_run=dry_run
-                )
-            if lt.mirror is not None:
-                res["mirror"] = self._compact_mirror(lt, policy, now_ms, dry_run)
+            for side in ("changelog", "mirror"):
+                if getattr(lt, side) is None:
+                    continue
+                try:  # one table's failure does not stop the others' compaction
+                    if side == "mirror":
+                        res[side] = self._compact_mirror(lt, policy, now_ms, dry_run)
+                    else:
+                        res[side] = compaction.compact_table(
+                            lt.changelog, policy, now_ms=now_ms, dry_run=dry_run
+                        )
+                except Exception as exc:
+                    log.exception("compaction failed", extra={"table": name, "side": side})
+                    res[side] = {"error": f"{type(exc).__name__}: {exc}", "snapshot_id": None}
             out[name] = res
         return out
 
