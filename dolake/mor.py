@@ -257,7 +257,9 @@ def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[Manife
     by this snapshot) or become ``EXISTING`` with their snapshot id and data /
     file sequence numbers unchanged, so a position delete still applies to
     exactly the data files it applied to. A table gains at most that many small
-    manifests per content, however many flushes it takes."""
+    manifests per content, however many flushes it takes. A manifest this commit
+    wrote and merged away is deleted at once (pyiceberg's merge-append leaves
+    those behind: orphan cleanup, dolake/orphans.py, removes them)."""
     from pyiceberg.table import TableProperties
     from pyiceberg.utils.properties import property_as_bool
 
@@ -307,6 +309,9 @@ def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[Manife
                     else:
                         writer.existing(entry)
         out.append(writer.to_manifest_file())
+        for m in group:  # written by this commit and merged away: nothing will reference it
+            if m.manifest_path in producer._written_manifests:
+                producer._io.delete(m.manifest_path)
     return out
 
 
