@@ -111,19 +111,18 @@ def plan(table: Table, policy: Policy, now_ms: int) -> list[Group]:
     if snap is None:
         return []
     meta = table.metadata
-    parts: dict[tuple[int, tuple], tuple[list[tuple[int, DataFile, int]], list[DataFile]]] = {}
+    Entries = list[tuple[int, DataFile, int]]  # (data sequence number, file, added at ms)
+    parts: dict[tuple[int, tuple], tuple[Entries, Entries]] = {}
     for m in snap.manifests(table.io):
         for e in m.fetch_manifest_entry(table.io, discard_deleted=True):
             f = e.data_file
             f.spec_id = m.partition_spec_id
             key = (m.partition_spec_id, tuple(mor.partition_values(f.partition)))
             data, deletes = parts.setdefault(key, ([], []))
-            if f.content == DataFileContent.DATA:
-                added = meta.snapshot_by_id(e.snapshot_id) if e.snapshot_id else None
-                added_ms = added.timestamp_ms if added is not None else 0  # expired: old
-                data.append((e.sequence_number or 0, f, added_ms))
-            else:
-                deletes.append(f)
+            added = meta.snapshot_by_id(e.snapshot_id) if e.snapshot_id else None
+            added_ms = added.timestamp_ms if added is not None else 0  # expired: old
+            side = data if f.content == DataFileContent.DATA else deletes
+            side.append((e.sequence_number or 0, f, added_ms))
     groups: list[Group] = []
     for (spec_id, partition), (data, deletes) in sorted(parts.items(), key=lambda kv: repr(kv[0])):
         small = [
@@ -132,7 +131,8 @@ def plan(table: Table, policy: Policy, now_ms: int) -> list[Group]:
             if f.file_size_in_bytes < policy.target_file_size
             and now_ms - added_ms >= policy.min_age_ms
         ]
-        if len(small) < policy.min_files and len(deletes) < policy.min_files:
+        old_deletes = [f for _, f, added_ms in deletes if now_ms - added_ms >= policy.min_age_ms]
+        if len(small) < policy.min_files and len(old_deletes) < policy.min_files:
             continue
         small.sort(key=lambda sf: (sf[0], sf[1].file_path))
         chosen: list[DataFile] = []
@@ -142,7 +142,10 @@ def plan(table: Table, policy: Policy, now_ms: int) -> list[Group]:
                 break
             chosen.append(f)
             total += f.file_size_in_bytes
-        groups.append(Group(spec_id, partition, chosen, deletes, {f.file_path for _, f, _ in data}))
+        # every delete file of the partition: rows naming a rewritten file must go
+        all_deletes = [f for _, f, _ in deletes]
+        live = {f.file_path for _, f, _ in data}
+        groups.append(Group(spec_id, partition, chosen, all_deletes, live))
     return groups
 
 
