@@ -414,3 +414,24 @@ def test_bucketed_mirror_rowid_table_day_partitions_then_expiry_and_orphans(tmp_
         assert "mirror key index rebuilt" not in (tmp_path / "lake.log").read_text()
     finally:
         lake.stop()
+
+
+def test_compact_and_clean_orphans_need_an_admin_token(tmp_path):
+    """The admin surface's auth: a read token is refused (PERMISSION_DENIED), an
+    admin token is served; a bad --older-than is a typed error."""
+    config = '[auth]\ntokens = [{token = "adm", scope = "admin"}, {token = "ro", scope = "read"}]\n'
+    lake = Lake(tmp_path, env=COMPACT_ENV, config=config).start()
+    try:
+        for cmd in (["compact", "--dry-run"], ["clean-orphans", "--dry-run"]):
+            refused = _cli(lake, *cmd, "--token", "ro", check=False)
+            assert refused.returncode == 2 and "PERMISSION_DENIED" in refused.stderr, refused
+            done = _cli(lake, *cmd, "--token", "adm")
+            assert _json(done)["dry_run"] is True
+        bad = _cli(lake, "clean-orphans", "--older-than", "soon", "--token", "adm", check=False)
+        assert bad.returncode == 2 and "INVALID_INPUT" in bad.stderr, bad
+        code, body = lake.http("/maintenance")
+        info = json.loads(body)
+        assert code == 200 and info["min_files_threshold"] == 4
+        assert info["orphan_min_age_ms"] == 3_600_000 and "last_compaction" in info
+    finally:
+        lake.stop()
