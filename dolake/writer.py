@@ -361,7 +361,11 @@ class Writer:
         out: dict[str, Any] = {}
         for name, lt in sorted(self.tables.items()):
             out[name] = {
-                side: orphans.clean_table(table, older_than_ms, dry_run=dry_run)
+                # the catalog's current metadata, not this writer's copy: a file another
+                # engine committed must count as referenced
+                side: orphans.clean_table(
+                    self.catalog.load_table(table.name()), older_than_ms, dry_run=dry_run
+                )
                 for side, table in (("changelog", lt.changelog), ("mirror", lt.mirror))
                 if table is not None
             }
