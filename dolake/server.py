@@ -275,43 +275,51 @@ class LakeServer:
             return info
 
     async def compact(self, table: str | None = None, dry_run: bool = False) -> dict[str, Any]:
-        """Compact small files now (dolake/compaction.py); under the flush lock, so
-        no flush commit is in flight and none is lost (flushes wait, batches are
-        still acknowledged into the buffer)."""
-        async with self.flush_lock:
-            start = time.perf_counter()
-            tables = await trio.to_thread.run_sync(
-                lambda: self.writer.compact(self.compaction, table=table, dry_run=dry_run)
-            )
-            elapsed = (time.perf_counter() - start) * 1000
-            info = {
-                "at": time.time(),
-                "dry_run": dry_run,
-                "duration_ms": round(elapsed, 1),
-                "policy": {
-                    "min_files_threshold": self.compaction.min_files,
-                    "target_file_size_bytes": self.compaction.target_file_size,
-                    "max_files_per_compaction": self.compaction.max_files,
-                    "min_partition_age_ms": self.compaction.min_age_ms,
-                },
-                "tables": tables,
-            }
-            if not dry_run:
-                m = self.metrics
-                for sides in tables.values():
-                    for side in sides.values():
-                        if side.get("snapshot_id") is None:
-                            continue
-                        m.compactions.inc()
-                        m.compaction_files.inc(
-                            side["data_files_rewritten"] + side["delete_files_rewritten"]
+        """Compact small files now (dolake/compaction.py); each table under the flush
+        lock, so no flush commit is in flight and none is lost (flushes wait, batches
+        are still acknowledged into the buffer), and a flush can run between two
+        tables' compactions."""
+        start = time.perf_counter()
+        names = [table] if table is not None else sorted(self.writer.tables)
+        tables: dict[str, Any] = {}
+        for name in names:
+            async with self.flush_lock:
+                tables.update(
+                    await trio.to_thread.run_sync(
+                        lambda name=name: self.writer.compact(
+                            self.compaction, table=name, dry_run=dry_run
                         )
-                        m.compaction_duration.observe(side.get("duration_ms", 0))
-                        for size in side.get("file_sizes", ()):
-                            m.parquet_file_size.observe(size)
-                self.last_compaction = info
-            self.update_gauges()
-            return info
+                    )
+                )
+        elapsed = (time.perf_counter() - start) * 1000
+        info = {
+            "at": time.time(),
+            "dry_run": dry_run,
+            "duration_ms": round(elapsed, 1),
+            "policy": {
+                "min_files_threshold": self.compaction.min_files,
+                "target_file_size_bytes": self.compaction.target_file_size,
+                "max_files_per_compaction": self.compaction.max_files,
+                "min_partition_age_ms": self.compaction.min_age_ms,
+            },
+            "tables": tables,
+        }
+        if not dry_run:
+            m = self.metrics
+            for sides in tables.values():
+                for side in sides.values():
+                    if side.get("snapshot_id") is None:
+                        continue
+                    m.compactions.inc()
+                    m.compaction_files.inc(
+                        side["data_files_rewritten"] + side["delete_files_rewritten"]
+                    )
+                    m.compaction_duration.observe(side.get("duration_ms", 0))
+                    for size in side.get("file_sizes", ()):
+                        m.parquet_file_size.observe(size)
+            self.last_compaction = info
+        self.update_gauges()
+        return info
 
     async def clean_orphans(
         self, dry_run: bool = False, older_than_ms: int | None = None
