@@ -1,5 +1,6 @@
 """The lake's maintenance on a real S3 server (SeaweedFS on loopback): compaction,
-a kill -9 mid-compaction, orphan cleanup and expiry, with the warehouse in a bucket."""
+a kill -9 mid-compaction, orphan cleanup and expiry, with the warehouse in a bucket;
+read with pyiceberg and DuckDB (httpfs)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from dolake import readers
 
 from .helpers import CDC, US, Lake
-from .s3server import S3Server, weed_binary
+from .s3server import ACCESS_KEY, SECRET_KEY, S3Server, weed_binary
 from .test_cdc import Workload, changelog_lsns, mirror, send_all
 from .test_compaction import COMPACT_ENV, _cli, _json, _live_files, _small_flushes
 from .test_lifecycle import _as_of
@@ -45,9 +46,32 @@ def _referenced(cat) -> set[str]:
     return {_path(p) for p in out}
 
 
-def _exact(cat, w: Workload) -> None:
+def _duckdb(s3: S3Server):
+    """A DuckDB connection reading the bucket (httpfs from its wheel), or None."""
+    try:
+        path = readers.extension_path("httpfs")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+    con = readers.duckdb_connect()
+    con.execute(f"LOAD '{path}'")
+    con.execute(
+        f"CREATE SECRET lake_s3 (TYPE s3, KEY_ID '{ACCESS_KEY}', SECRET '{SECRET_KEY}', "
+        f"ENDPOINT '127.0.0.1:{s3.port}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')"
+    )
+    return con
+
+
+def _exact(cat, w: Workload, s3: S3Server | None = None) -> None:
+    """pyiceberg (and DuckDB through httpfs, when given the server) read the model."""
     assert mirror(cat) == w.expected()
     assert changelog_lsns(cat) == {"shard-0": list(range(1, w.lsn + 1))}
+    con = _duckdb(s3) if s3 is not None else None
+    if con is not None:
+        rows = readers.duckdb_scan(cat, "items", con=con).to_pylist()
+        py = readers.scan(cat, "items", hidden=True).to_pylist()
+        assert sorted(rows, key=lambda r: r["id"]) == sorted(py, key=lambda r: r["id"])
+        log = readers.duckdb_scan(cat, "items__changelog", con=con)
+        assert sorted(log["_lsn"].to_pylist()) == list(range(1, w.lsn + 1))
 
 
 def test_compaction_crash_orphans_and_expiry_on_s3(tmp_path, s3):
@@ -73,7 +97,7 @@ def test_compaction_crash_orphans_and_expiry_on_s3(tmp_path, s3):
         assert info["tables"]["items"]["mirror"]["data_files_written"] == 1, info
         cat = lake.catalog()
         assert _live_files(cat, "items") == (1, 0)
-        _exact(cat, w)
+        _exact(cat, w, s3)
         for lsn, expected in states:
             assert _as_of(cat, US + lsn) == expected
 
@@ -104,7 +128,7 @@ def test_compaction_crash_orphans_and_expiry_on_s3(tmp_path, s3):
         deleted = sum(s["files_deleted"] for t in out["tables"].values() for s in t.values())
         assert deleted == len(leftovers)
         assert not (s3.files(prefix) - _referenced(lake.catalog()))
-        _exact(lake.catalog(), w)
+        _exact(lake.catalog(), w, s3)
 
         # compaction after the restart, then expiry deletes the replaced files
         info = _json(_cli(lake, "compact"))
@@ -120,6 +144,6 @@ def test_compaction_crash_orphans_and_expiry_on_s3(tmp_path, s3):
         _json(_cli(lake, "clean-orphans", "--older-than", "0s"))
         assert not (s3.files(prefix) - _referenced(lake.catalog()))
         _small_flushes(lake, cdc, w, 2)
-        _exact(lake.catalog(), w)
+        _exact(lake.catalog(), w, s3)
     finally:
         lake.stop()
