@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from dolake import progress
 from dolake.flush_cli import lake_target, request
 from dosql import protocol
 
@@ -59,7 +60,13 @@ def report(info: dict) -> None:
 
 def run(args: argparse.Namespace) -> int:
     url, token = lake_target(args)
-    info = compact(url, table=args.table, dry_run=args.dry_run, token=token, timeout=args.timeout)
+    info = progress.run(
+        url,
+        "compact",
+        lambda: compact(
+            url, table=args.table, dry_run=args.dry_run, token=token, timeout=args.timeout
+        ),
+    )
     report(info)
     print(json.dumps(info, default=str))
     return 0

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 
+from dolake import progress
 from dolake.flush_cli import lake_target, request
 from dosql import protocol
 from dosql.errors import ValidationError
@@ -58,8 +59,12 @@ def clean_orphans(
 def run(args: argparse.Namespace) -> int:
     url, token = lake_target(args)
     older = duration_ms(args.older_than) if args.older_than else None
-    info = clean_orphans(
-        url, dry_run=args.dry_run, older_than_ms=older, token=token, timeout=args.timeout
+    info = progress.run(
+        url,
+        "clean-orphans",
+        lambda: clean_orphans(
+            url, dry_run=args.dry_run, older_than_ms=older, token=token, timeout=args.timeout
+        ),
     )
     verb = "would delete" if info.get("dry_run") else "deleted"
     for name, sides in sorted(info.get("tables", {}).items()):

@@ -97,6 +97,8 @@ class LakeServer:
             min_age_ms=config.lake.min_partition_age_ms,
         )
         self.last_compaction: dict[str, Any] = {}
+        # the maintenance run in progress (GET /maintenance "running": the CLIs' progress bar)
+        self.running: dict[str, Any] | None = None
         self.last_orphan_cleanup: dict[str, Any] = {}
         for shard, lsn in self.writer.committed().items():
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
@@ -248,9 +250,14 @@ class LakeServer:
         under the flush lock, so no commit is in flight."""
         async with self.flush_lock:
             start = time.perf_counter()
-            tables = await trio.to_thread.run_sync(
-                lambda: self.writer.expire(self.retention, dry_run=dry_run)
-            )
+            try:
+                tables = await trio.to_thread.run_sync(
+                    lambda: self.writer.expire(
+                        self.retention, dry_run=dry_run, progress=self._progress("expire")
+                    )
+                )
+            finally:
+                self.running = None
             elapsed = (time.perf_counter() - start) * 1000
             info = {
                 "at": time.time(),
@@ -282,15 +289,20 @@ class LakeServer:
         start = time.perf_counter()
         names = [table] if table is not None else sorted(self.writer.tables)
         tables: dict[str, Any] = {}
-        for name in names:
-            async with self.flush_lock:
-                tables.update(
-                    await trio.to_thread.run_sync(
-                        lambda name=name: self.writer.compact(
-                            self.compaction, table=name, dry_run=dry_run
+        note = self._progress("compact")
+        try:
+            for i, name in enumerate(names):
+                async with self.flush_lock:
+                    note(name, i, len(names))
+                    tables.update(
+                        await trio.to_thread.run_sync(
+                            lambda name=name: self.writer.compact(
+                                self.compaction, table=name, dry_run=dry_run
+                            )
                         )
                     )
-                )
+        finally:
+            self.running = None
         elapsed = (time.perf_counter() - start) * 1000
         info = {
             "at": time.time(),
@@ -330,9 +342,14 @@ class LakeServer:
         window = self.config.orphan_min_age_ms if older_than_ms is None else older_than_ms
         async with self.flush_lock:
             start = time.perf_counter()
-            tables = await trio.to_thread.run_sync(
-                lambda: self.writer.clean_orphans(window, dry_run=dry_run)
-            )
+            try:
+                tables = await trio.to_thread.run_sync(
+                    lambda: self.writer.clean_orphans(
+                        window, dry_run=dry_run, progress=self._progress("clean-orphans")
+                    )
+                )
+            finally:
+                self.running = None
             info = {
                 "at": time.time(),
                 "dry_run": dry_run,
@@ -385,6 +402,21 @@ class LakeServer:
             "tables": _plain(self.writer.stats()),
         }
 
+    def _progress(self, operation: str):
+        """A progress callback recording where ``operation`` is, in ``self.running``."""
+        started = time.time()
+
+        def note(table: str, done: int, total: int) -> None:
+            self.running = {
+                "operation": operation,
+                "table": table,
+                "done": done,
+                "total": total,
+                "started_at": started,
+            }
+
+        return note
+
     def _maintenance_extra(self) -> dict[str, Any]:
         """Compaction and orphan cleanup: settings and last runs (/status, /maintenance)."""
         return {
@@ -396,6 +428,7 @@ class LakeServer:
             "orphan_min_age_ms": self.config.orphan_min_age_ms,
             "last_compaction": _plain(self.last_compaction),
             "last_orphan_cleanup": _plain(self.last_orphan_cleanup),
+            "running": _plain(self.running),
         }
 
     def plan_cut(self) -> distributed.Cut:

@@ -181,6 +181,10 @@ class LakeTable:
     delete_files: int = 0  # position-delete files written since this process started
 
 
+# (table, tables done, tables in all): called as a maintenance run reaches each table
+Progress = Callable[[str, int, int], None]
+
+
 def _fault(point: str) -> None:
     """Crash hook for the kill -9 tests: a crash at an exact point between two
     commits cannot be produced from outside reliably."""
@@ -269,14 +273,21 @@ class Writer:
     # ------------------------------------------------------------------ maintenance
 
     def expire(
-        self, policy: maintenance.Retention, *, now_ms: int | None = None, dry_run: bool = False
+        self,
+        policy: maintenance.Retention,
+        *,
+        now_ms: int | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Expire the snapshots of every lake table outside ``policy`` and delete the
         files only they referenced (dolake/maintenance.py). Call it with no flush
         in flight (the server holds its flush lock). The current snapshots, which
         carry the watermarks, are always kept."""
         out: dict[str, Any] = {}
-        for name, lt in sorted(self.tables.items()):
+        for i, (name, lt) in enumerate(sorted(self.tables.items())):
+            if progress is not None:
+                progress(name, i, len(self.tables))
             res: dict[str, Any] = {}
             for side, table in (("changelog", lt.changelog), ("mirror", lt.mirror)):
                 if table is None:
@@ -354,12 +365,16 @@ class Writer:
             table, policy, now_ms=now_ms, dry_run=dry_run, sort_by=sort_col, on_commit=on_commit
         )
 
-    def clean_orphans(self, older_than_ms: int, *, dry_run: bool = False) -> dict[str, Any]:
+    def clean_orphans(
+        self, older_than_ms: int, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
         """Delete the files in every lake table's directory that no snapshot or
         metadata version references, once older than ``older_than_ms``
         (dolake/orphans.py). Call it with no flush in flight (the flush lock)."""
         out: dict[str, Any] = {}
-        for name, lt in sorted(self.tables.items()):
+        for i, (name, lt) in enumerate(sorted(self.tables.items())):
+            if progress is not None:
+                progress(name, i, len(self.tables))
             out[name] = {
                 # the catalog's current metadata, not this writer's copy: a file another
                 # engine committed must count as referenced

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -24,13 +25,16 @@ COMPACT_ENV = {
 }
 
 
-def _cli(lake: Lake, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _cli(
+    lake: Lake, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dolake", *args, "--url", lake.url],
         capture_output=True,
         text=True,
         timeout=120,
         check=check,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -98,9 +102,10 @@ def test_compaction_rewrites_small_files_exactly_and_keeps_time_travel(tmp_path)
         assert _warehouse_files(lake) == files_before
         assert len(lake.catalog().load_table(("default", "items")).snapshots()) == snaps_before
 
-        out = _cli(lake, "compact")
+        out = _cli(lake, "compact", env={"DOLAKE_PROGRESS": "1"})
         info = _json(out)
         assert "items: rewrote" in out.stderr
+        assert f"compact [{'#' * 24}] 1/1 tables" in out.stderr, out.stderr
         m, cl = info["tables"]["items"]["mirror"], info["tables"]["items"]["changelog"]
         assert m["data_files_rewritten"] == before_m[0] and m["data_files_written"] == 1, m
         assert m["delete_files_rewritten"] == before_m[1]
@@ -275,7 +280,11 @@ def test_kill_during_compaction_then_restart_is_exact_and_orphans_cleaned(tmp_pa
         if point == "lake.compact.after_write":
             assert any(p.endswith(".parquet") for p in leftovers), leftovers
         before = _warehouse_files(lake)
-        dry = _json(_cli(lake, "clean-orphans", "--dry-run", "--older-than", "0s"))
+        dry_run = _cli(
+            lake, "clean-orphans", "--dry-run", "--older-than", "0s", env={"DOLAKE_PROGRESS": "1"}
+        )
+        assert "clean-orphans [" in dry_run.stderr and "1/1 tables" in dry_run.stderr
+        dry = _json(dry_run)
         found = sum(s["orphans"] for t in dry["tables"].values() for s in t.values())
         assert dry["dry_run"] and found == len(leftovers)
         assert _warehouse_files(lake) == before
