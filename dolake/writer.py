@@ -126,6 +126,7 @@ from dolake.schema import (
     raw_tag,
 )
 from dosql import protocol
+from dosql.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -315,8 +316,6 @@ class Writer:
         for name in names:
             lt = self.tables.get(name)
             if lt is None:
-                from dosql.errors import NotFoundError
-
                 raise NotFoundError(
                     f"the lake has no table {name!r}; tables: {', '.join(sorted(self.tables))}",
                     code="TABLE_NOT_FOUND",
