@@ -16,6 +16,7 @@ BENCHMARKS = {
     "scatter_aggregate": "bench.scatter_aggregate",
     "cdc_throughput": "bench.cdc_throughput",
     "lake_flush": "bench.lake_flush",
+    "lake_soak": "bench.lake_soak",
     "time_travel": "bench.time_travel",
     "tx_commit": "bench.tx_commit",
 }

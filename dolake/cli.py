@@ -13,6 +13,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "dolake.expire_cli",
         "ask a running lake writer to expire snapshots outside the retention window",
     ),
+    "compact": ("dolake.compact_cli", "ask a running lake writer to compact small files now"),
+    "clean-orphans": (
+        "dolake.orphans_cli",
+        "ask a running lake writer to delete files no snapshot references",
+    ),
 }
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from dolake import progress
 from dolake.flush_cli import lake_target, request
 from dosql import protocol
 
@@ -33,6 +34,10 @@ def expire(
 
 def run(args: argparse.Namespace) -> int:
     url, token = lake_target(args)
-    info = expire(url, dry_run=args.dry_run, token=token, timeout=args.timeout)
+    info = progress.run(
+        url,
+        "expire",
+        lambda: expire(url, dry_run=args.dry_run, token=token, timeout=args.timeout),
+    )
     print(json.dumps(info, default=str))
     return 0

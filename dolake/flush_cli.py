@@ -59,12 +59,12 @@ def request(url: str, message: protocol.Message, token: str | None, timeout: flo
     return reply.info
 
 
-def status(url: str, timeout: float = 10.0) -> dict:
-    """The lake writer's /status JSON."""
+def status(url: str, timeout: float = 10.0, path: str = "/status") -> dict:
+    """The lake writer's /status JSON (or another of its GET paths)."""
     import urllib.request
 
     http_url = url.replace("dolake://", "http://").replace("ws://", "http://")
-    http_url = http_url.replace("wss://", "https://").rstrip("/") + "/status"
+    http_url = http_url.replace("wss://", "https://").rstrip("/") + path
     try:
         with urllib.request.urlopen(http_url, timeout=timeout) as reply:
             return json.loads(reply.read())

@@ -75,8 +75,12 @@ def to_expire(table: Table, policy: Retention, now_ms: int) -> list[Snapshot]:
     return [s for s in snaps if s.snapshot_id not in keep]
 
 
-def _files(table: Table, snapshots: Iterable[Snapshot], cache: dict[str, list[str]]) -> set[str]:
-    """Every file the snapshots reference: manifest lists, manifests, live entries."""
+def referenced_files(
+    table: Table, snapshots: Iterable[Snapshot], cache: dict[str, list[str]] | None = None
+) -> set[str]:
+    """Every file the snapshots reference: manifest lists, manifests, live entries
+    (``cache``: manifest path -> its live entries' paths, shared between calls)."""
+    cache = {} if cache is None else cache
     out: set[str] = set()
     for snap in snapshots:
         out.add(snap.manifest_list)
@@ -116,7 +120,7 @@ def expire_table(
         out["oldest_snapshot_ms"] = min((s.timestamp_ms for s in retained), default=None)
         return out
     cache: dict[str, list[str]] = {}
-    doomed = _files(table, doomed_snaps, cache) - _files(table, retained, cache)
+    doomed = referenced_files(table, doomed_snaps, cache) - referenced_files(table, retained, cache)
     out["files_to_delete"] = len(doomed)
     out["oldest_snapshot_ms"] = min(s.timestamp_ms for s in retained)
     if dry_run:
@@ -148,17 +152,36 @@ def expire_table(
 
 
 def table_stats(table: Table | None) -> dict[str, Any]:
-    """Data files, delete files, snapshots and the oldest snapshot's time of one table
-    (from the table metadata in memory: no I/O)."""
+    """Data files, delete files, average file size, snapshots, the oldest snapshot's
+    time and the last compaction of one table (from the table metadata in memory:
+    no I/O)."""
+    from dolake.compaction import last_compaction
+
     if table is None:
-        return {"data_files": 0, "delete_files": 0, "snapshots": 0, "oldest_snapshot_ms": None}
+        return {
+            "data_files": 0,
+            "delete_files": 0,
+            "avg_file_size_bytes": 0,
+            "snapshots": 0,
+            "oldest_snapshot_ms": None,
+            "last_compaction_ms": None,
+            "last_compaction_duration_ms": None,
+        }
     snap = table.current_snapshot()
     summary = snap.summary.additional_properties if snap and snap.summary else {}
     snaps = table.metadata.snapshots
+    data_files = int(summary.get("total-data-files", 0))
+    delete_files = int(summary.get("total-delete-files", 0))
+    compacted = last_compaction(table)
     return {
-        "data_files": int(summary.get("total-data-files", 0)),
-        "delete_files": int(summary.get("total-delete-files", 0)),
+        "data_files": data_files,
+        "delete_files": delete_files,
+        # data and delete files alike (the summary's total-files-size over both)
+        "avg_file_size_bytes": int(summary.get("total-files-size", 0))
+        // max(1, data_files + delete_files),
         "records": int(summary.get("total-records", 0)),
         "snapshots": len(snaps),
         "oldest_snapshot_ms": min((s.timestamp_ms for s in snaps), default=None),
+        "last_compaction_ms": compacted[0] if compacted else None,
+        "last_compaction_duration_ms": compacted[1] if compacted else None,
     }

@@ -91,6 +91,44 @@ class Metrics:
             buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
             registry=r,
         )
+        self.table_avg_file_size = Gauge(
+            "dolake_table_avg_file_size_bytes",
+            "Average size of the live data and delete files, per table "
+            "(the sizes written: dolake_parquet_file_size)",
+            ["table"],
+            registry=r,
+        )
+        self.table_last_compaction = Gauge(
+            "dolake_table_last_compaction_timestamp_seconds",
+            "Commit time of the newest compaction snapshot kept (Unix seconds; 0: none)",
+            ["table"],
+            registry=r,
+        )
+        self.table_last_compaction_duration = Gauge(
+            "dolake_table_last_compaction_duration_ms",
+            "Duration of the newest compaction kept, in milliseconds, per table",
+            ["table"],
+            registry=r,
+        )
+        self.compactions = Counter(
+            "dolake_compactions", "Compaction (replace) snapshots committed", registry=r
+        )
+        self.compaction_files = Counter(
+            "dolake_compaction_files_rewritten",
+            "Data and delete files replaced by compactions",
+            registry=r,
+        )
+        self.compaction_duration = Histogram(
+            "dolake_compaction_duration_ms",
+            "Duration of one table's compaction in milliseconds",
+            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            registry=r,
+        )
+        self.orphan_files = Counter(
+            "dolake_orphan_files_deleted",
+            "Unreferenced files deleted by orphan cleanup",
+            registry=r,
+        )
         self.maintenance_errors = Counter(
             "dolake_maintenance_errors", "Background maintenance runs that failed", registry=r
         )

@@ -56,6 +56,7 @@ from pyiceberg.io.pyarrow import (
     _read_deletes,
     bin_pack_arrow_table,
     pyarrow_to_schema,
+    schema_to_pyarrow,
     write_file,
 )
 from pyiceberg.manifest import (
@@ -137,15 +138,56 @@ class RowDelta(_FastAppendFiles):
     ``RowDelta``): existing manifests are kept as they are (fast append), one
     data manifest and one delete manifest per partition spec are added."""
 
-    def __init__(self, transaction: Any, io: Any, snapshot_properties: dict[str, str]) -> None:
-        super().__init__(
-            Operation.OVERWRITE, transaction, io, snapshot_properties=snapshot_properties
-        )
+    def __init__(
+        self,
+        transaction: Any,
+        io: Any,
+        snapshot_properties: dict[str, str],
+        operation: Operation = Operation.OVERWRITE,
+    ) -> None:
+        super().__init__(operation, transaction, io, snapshot_properties=snapshot_properties)
         self._added_delete_files: list[DataFile] = []
+        self._removed_files: dict[str, DataFile] = {}  # path -> data or delete file
 
     def add_delete_file(self, delete_file: DataFile) -> RowDelta:
         self._added_delete_files.append(delete_file)
         return self
+
+    def remove_file(self, data_file: DataFile) -> RowDelta:
+        """Remove a live data or delete file (a compaction's ``replace``): its
+        manifest is rewritten with the entry ``DELETED``, the others ``EXISTING``
+        with their snapshot ids and sequence numbers unchanged."""
+        self._removed_files[data_file.file_path] = data_file
+        return self
+
+    def _existing_manifests(self) -> list[ManifestFile]:
+        manifests = super()._existing_manifests()
+        if not self._removed_files:
+            return manifests
+        out: list[ManifestFile] = []
+        for m in manifests:
+            entries = m.fetch_manifest_entry(io=self._io, discard_deleted=True)
+            if not any(e.data_file.file_path in self._removed_files for e in entries):
+                out.append(m)
+                continue
+            writer_cls = (
+                _DeleteManifestWriter if m.content == ManifestContent.DELETES else ManifestWriterV2
+            )
+            writer = writer_cls(
+                self.spec(m.partition_spec_id),
+                self.schema(),
+                self.new_manifest_output(),
+                self._snapshot_id,
+                self._compression,
+            )
+            with writer:
+                for e in entries:
+                    if e.data_file.file_path in self._removed_files:
+                        writer.delete(e)
+                    else:
+                        writer.existing(e)
+            out.append(writer.to_manifest_file())
+        return out
 
     def _manifests(self) -> list[ManifestFile]:
         manifests: list[ManifestFile] = []
@@ -182,15 +224,26 @@ class RowDelta(_FastAppendFiles):
             ssc.add_file(f, schema=schema, partition_spec=meta.spec())
         for f in self._added_delete_files:
             ssc.add_file(f, schema=schema, partition_spec=specs[f.spec_id])
+        for f in self._removed_files.values():
+            ssc.remove_file(f, schema=schema, partition_spec=specs[f.spec_id or 0])
         previous = (
             meta.snapshot_by_id(self._parent_snapshot_id)
             if self._parent_snapshot_id is not None
             else None
         )
-        return update_snapshot_summaries(
-            summary=Summary(operation=self._operation, **ssc.build(), **snapshot_properties),
+        # pyiceberg totals up append/overwrite/delete only; a replace counts the same way
+        replace = self._operation == Operation.REPLACE
+        summary = update_snapshot_summaries(
+            summary=Summary(
+                operation=Operation.OVERWRITE if replace else self._operation,
+                **ssc.build(),
+                **snapshot_properties,
+            ),
             previous_summary=previous.summary if previous is not None else None,
         )
+        if replace:
+            summary = Summary(operation=Operation.REPLACE, **summary.additional_properties)
+        return summary
 
 
 def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[ManifestFile]:
@@ -204,7 +257,9 @@ def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[Manife
     by this snapshot) or become ``EXISTING`` with their snapshot id and data /
     file sequence numbers unchanged, so a position delete still applies to
     exactly the data files it applied to. A table gains at most that many small
-    manifests per content, however many flushes it takes."""
+    manifests per content, however many flushes it takes. A manifest this commit
+    wrote and merged away is deleted at once (pyiceberg's merge-append leaves
+    those behind: orphan cleanup, dolake/orphans.py, removes them)."""
     from pyiceberg.table import TableProperties
     from pyiceberg.utils.properties import property_as_bool
 
@@ -254,6 +309,9 @@ def merge_manifests(producer: Any, manifests: list[ManifestFile]) -> list[Manife
                     else:
                         writer.existing(entry)
         out.append(writer.to_manifest_file())
+        for m in group:  # written by this commit and merged away: nothing will reference it
+            if m.manifest_path in producer._written_manifests:
+                producer._io.delete(m.manifest_path)
     return out
 
 
@@ -323,7 +381,11 @@ def write_position_deletes(
 
 
 def write_data_files(
-    meta: TableMetadata, io: FileIO, df: pa.Table, write_uuid: uuid.UUID
+    meta: TableMetadata,
+    io: FileIO,
+    df: pa.Table,
+    write_uuid: uuid.UUID,
+    target_bytes: int | None = None,
 ) -> list[tuple[DataFile, pa.Table]]:
     """Write ``df`` as data files of the table's default partition spec; return
     each file with the rows it holds, in file order.
@@ -334,10 +396,12 @@ def write_data_files(
     flush), and it returns only the files, whose rows the key index then read
     back for their positions. Here the rows are grouped by partition with one
     stable sort (the order of ``df`` is kept within a partition) and cut into
-    slices, bin-packed into files as pyiceberg does."""
+    slices, bin-packed into files as pyiceberg does (``target_bytes`` of
+    in-memory Arrow data a file, default the table's
+    ``write.target-file-size-bytes``)."""
     from pyiceberg.table import DOWNCAST_NS_TIMESTAMP_TO_US_ON_WRITE, TableProperties
 
-    target = property_as_int(
+    target = target_bytes or property_as_int(
         meta.properties,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
         TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT,
@@ -397,6 +461,62 @@ def _partitions(
         )
         yield key, data.slice(start, rows).combine_chunks()
         start += rows
+
+
+def read_live_rows(
+    table: Table, data_files: list[DataFile], delete_files: list[DataFile]
+) -> pa.Table:
+    """The rows of ``data_files`` that ``delete_files`` do not delete, in file
+    order, projected onto the table's current schema -- what every reader sees
+    of those files (pyiceberg's own scan of exactly these files)."""
+    from pyiceberg.expressions import AlwaysTrue
+    from pyiceberg.io.pyarrow import ArrowScan
+    from pyiceberg.table import FileScanTask
+
+    schema = table.schema()
+    tasks = [FileScanTask(f, delete_files=set(delete_files)) for f in data_files]
+    scan = ArrowScan(table.metadata, table.io, schema, AlwaysTrue())
+    out = scan.to_table(tasks)
+    return out.cast(schema_to_pyarrow(schema))
+
+
+def read_position_deletes(table: Table, delete_file: DataFile) -> dict[str, list[int]]:
+    """``data file path -> deleted positions`` of one position-delete file."""
+    return {p: arr.to_pylist() for p, arr in _read_deletes(table.io, delete_file).items()}
+
+
+def list_files(io: FileIO, location: str) -> Iterator[tuple[str, float]]:
+    """Every file under ``location`` (recursively), as ``(path, mtime seconds)``;
+    ``path`` in the form :func:`fs_path` gives for a file's location."""
+    from pyarrow.fs import FileSelector, FileType
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    if not isinstance(io, PyArrowFileIO):
+        raise TypeError(f"listing files needs pyiceberg's PyArrowFileIO, not {type(io).__name__}")
+    scheme, netloc, path = PyArrowFileIO.parse_location(location)
+    fs = io.fs_by_scheme(scheme, netloc)
+    base = path.rstrip("/") + "/"  # never a sibling (T__changelog next to T)
+    for info in fs.get_file_info(FileSelector(path, recursive=True, allow_not_found=True)):
+        if info.type == FileType.File and info.path.startswith(base):
+            mtime = info.mtime.timestamp() if info.mtime is not None else 0.0
+            yield info.path, mtime
+
+
+def fs_path(location: str) -> str:
+    """A file location (``file:///...``, ``s3://bucket/...``) as its filesystem
+    path (what :func:`list_files` yields)."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    return PyArrowFileIO.parse_location(location)[2]
+
+
+def delete_fs_path(io: FileIO, location: str, path: str) -> None:
+    """Delete ``path`` (from :func:`list_files` of ``location``)."""
+    from pyiceberg.io.pyarrow import PyArrowFileIO
+
+    assert isinstance(io, PyArrowFileIO)
+    scheme, netloc, _ = PyArrowFileIO.parse_location(location)
+    io.fs_by_scheme(scheme, netloc).delete_file(path)
 
 
 # ---------------------------------------------------------------- key index
@@ -554,8 +674,10 @@ class KeyIndex:
         snapshot_id: int,
         removed: Iterable[Any],
         added: Iterable[tuple[DataFile, Iterable[tuple[Any, int, str | None, int | None]]]],
+        removed_files: Iterable[str] = (),
     ) -> None:
-        """After a mirror commit: drop ``removed`` keys, add each new data
+        """After a mirror commit: drop ``removed`` keys and ``removed_files``
+        (paths; a compaction re-adds every live key of theirs), add each new data
         file's ``(key, pos, shard, commit ts)`` rows (tuples), record ``snapshot_id``.
 
         Three synced steps (see :meth:`_open`): the snapshot id is NULL while
@@ -565,6 +687,8 @@ class KeyIndex:
         c.execute("BEGIN")
         try:
             c.executemany("DELETE FROM keys WHERE k = ?", ((k,) for k in removed))
+            # a compaction's rewritten files: their keys are all re-added below
+            c.executemany("DELETE FROM files WHERE path = ?", ((p,) for p in removed_files))
             for data_file, rows in added:
                 fid = self._add_file(data_file)
                 c.executemany(  # each (key, pos, shard, ts) + (file,): no Python loop per row
@@ -581,7 +705,7 @@ class KeyIndex:
         c.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot', ?)", (snapshot_id,))
 
     def _add_file(self, data_file: DataFile) -> int:
-        part = json.dumps(list(_partition_values(data_file.partition)))
+        part = json.dumps(list(partition_values(data_file.partition)))
         cur = self.conn.execute(
             "INSERT INTO files (path, spec_id, part) VALUES (?, ?, ?)",
             (data_file.file_path, data_file.spec_id or 0, part),
@@ -623,7 +747,7 @@ class KeyIndex:
         )
 
 
-def _partition_values(partition: Record | None) -> Iterator[Any]:
+def partition_values(partition: Record | None) -> Iterator[Any]:
     if partition is None:
         return iter(())
     return iter(partition[i] for i in range(len(partition)))

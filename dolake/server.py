@@ -19,7 +19,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
-from dolake import distributed, maintenance
+from dolake import compaction, distributed, maintenance
 from dolake.buffer import Buffers
 from dolake.catalog import catalog_properties, open_catalog
 from dolake.ingest import Session
@@ -90,6 +90,16 @@ class LakeServer:
             config.lake.snapshot_retention_ms, config.lake.min_snapshots_to_keep
         )
         self.last_expiry: dict[str, Any] = {}
+        self.compaction = compaction.Policy(
+            min_files=config.lake.min_files_threshold,
+            target_file_size=config.lake.target_file_size_bytes,
+            max_files=config.lake.max_files_per_compaction,
+            min_age_ms=config.lake.min_partition_age_ms,
+        )
+        self.last_compaction: dict[str, Any] = {}
+        # the maintenance run in progress (GET /maintenance "running": the CLIs' progress bar)
+        self.running: dict[str, Any] | None = None
+        self.last_orphan_cleanup: dict[str, Any] = {}
         for shard, lsn in self.writer.committed().items():
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
         for shard, ts in self.writer.safe_ts().items():
@@ -240,9 +250,14 @@ class LakeServer:
         under the flush lock, so no commit is in flight."""
         async with self.flush_lock:
             start = time.perf_counter()
-            tables = await trio.to_thread.run_sync(
-                lambda: self.writer.expire(self.retention, dry_run=dry_run)
-            )
+            try:
+                tables = await trio.to_thread.run_sync(
+                    lambda: self.writer.expire(
+                        self.retention, dry_run=dry_run, progress=self._progress("expire")
+                    )
+                )
+            finally:
+                self.running = None
             elapsed = (time.perf_counter() - start) * 1000
             info = {
                 "at": time.time(),
@@ -266,7 +281,90 @@ class LakeServer:
             self.update_gauges()
             return info
 
+    async def compact(self, table: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+        """Compact small files now (dolake/compaction.py); each table under the flush
+        lock, so no flush commit is in flight and none is lost (flushes wait, batches
+        are still acknowledged into the buffer), and a flush can run between two
+        tables' compactions."""
+        start = time.perf_counter()
+        names = [table] if table is not None else sorted(self.writer.tables)
+        tables: dict[str, Any] = {}
+        note = self._progress("compact")
+        try:
+            for i, name in enumerate(names):
+                async with self.flush_lock:
+                    note(name, i, len(names))
+                    tables.update(
+                        await trio.to_thread.run_sync(
+                            lambda name=name: self.writer.compact(
+                                self.compaction, table=name, dry_run=dry_run
+                            )
+                        )
+                    )
+        finally:
+            self.running = None
+        elapsed = (time.perf_counter() - start) * 1000
+        info = {
+            "at": time.time(),
+            "dry_run": dry_run,
+            "duration_ms": round(elapsed, 1),
+            "policy": {
+                "min_files_threshold": self.compaction.min_files,
+                "target_file_size_bytes": self.compaction.target_file_size,
+                "max_files_per_compaction": self.compaction.max_files,
+                "min_partition_age_ms": self.compaction.min_age_ms,
+            },
+            "tables": tables,
+        }
+        if not dry_run:
+            m = self.metrics
+            for sides in tables.values():
+                for side in sides.values():
+                    if side.get("snapshot_id") is None:
+                        continue
+                    m.compactions.inc()
+                    m.compaction_files.inc(
+                        side["data_files_rewritten"] + side["delete_files_rewritten"]
+                    )
+                    m.compaction_duration.observe(side.get("duration_ms", 0))
+                    for size in side.get("file_sizes", ()):
+                        m.parquet_file_size.observe(size)
+            self.last_compaction = info
+        self.update_gauges()
+        return info
+
+    async def clean_orphans(
+        self, dry_run: bool = False, older_than_ms: int | None = None
+    ) -> dict[str, Any]:
+        """Delete unreferenced files older than the safety window (dolake/orphans.py);
+        under the flush lock, so no file a commit of this writer is about to
+        reference is touched."""
+        window = self.config.orphan_min_age_ms if older_than_ms is None else older_than_ms
+        async with self.flush_lock:
+            start = time.perf_counter()
+            try:
+                tables = await trio.to_thread.run_sync(
+                    lambda: self.writer.clean_orphans(
+                        window, dry_run=dry_run, progress=self._progress("clean-orphans")
+                    )
+                )
+            finally:
+                self.running = None
+            info = {
+                "at": time.time(),
+                "dry_run": dry_run,
+                "older_than_ms": window,
+                "duration_ms": round((time.perf_counter() - start) * 1000, 1),
+                "tables": tables,
+            }
+            if not dry_run:
+                deleted = sum(s["files_deleted"] for t in tables.values() for s in t.values())
+                self.metrics.orphan_files.inc(deleted)
+                self.last_orphan_cleanup = info
+            return info
+
     async def maintenance_loop(self) -> None:
+        """Expiry, then orphan cleanup, every ``expire_interval_ms``."""
         interval = self.config.expire_interval_ms / 1000
         if interval <= 0:
             return
@@ -274,8 +372,22 @@ class LakeServer:
             await trio.sleep(interval)
             try:
                 await self.expire()
+                await self.clean_orphans()
             except Exception:
-                log.exception("snapshot expiry failed")
+                log.exception("snapshot expiry or orphan cleanup failed")
+                self.metrics.maintenance_errors.inc()
+
+    async def compaction_loop(self) -> None:
+        """Compaction every ``compaction_interval_ms`` (0: only on request)."""
+        interval = self.config.compaction_interval_ms / 1000
+        if interval <= 0:
+            return
+        while True:
+            await trio.sleep(interval)
+            try:
+                await self.compact()
+            except Exception:
+                log.exception("compaction failed")
                 self.metrics.maintenance_errors.inc()
 
     def maintenance_status(self) -> dict[str, Any]:
@@ -286,7 +398,37 @@ class LakeServer:
             "min_snapshots_to_keep": self.retention.min_snapshots,
             "expire_interval_ms": self.config.expire_interval_ms,
             "last_expiry": _plain(self.last_expiry),
+            **self._maintenance_extra(),
             "tables": _plain(self.writer.stats()),
+        }
+
+    def _progress(self, operation: str):
+        """A progress callback recording where ``operation`` is, in ``self.running``."""
+        started = time.time()
+
+        def note(table: str, done: int, total: int) -> None:
+            self.running = {
+                "operation": operation,
+                "table": table,
+                "done": done,
+                "total": total,
+                "started_at": started,
+            }
+
+        return note
+
+    def _maintenance_extra(self) -> dict[str, Any]:
+        """Compaction and orphan cleanup: settings and last runs (/status, /maintenance)."""
+        return {
+            "compaction_interval_ms": self.config.compaction_interval_ms,
+            "min_files_threshold": self.compaction.min_files,
+            "target_file_size_bytes": self.compaction.target_file_size,
+            "max_files_per_compaction": self.compaction.max_files,
+            "min_partition_age_ms": self.compaction.min_age_ms,
+            "orphan_min_age_ms": self.config.orphan_min_age_ms,
+            "last_compaction": _plain(self.last_compaction),
+            "last_orphan_cleanup": _plain(self.last_orphan_cleanup),
+            "running": _plain(self.running),
         }
 
     def plan_cut(self) -> distributed.Cut:
@@ -411,8 +553,23 @@ class LakeServer:
                 raise AuthorizationError("expire needs an admin token", code="PERMISSION_DENIED")
             info = await self.expire(dry_run=msg.dry_run)
             return protocol.Ok(id=msg.id, info=_plain(info))
+        if isinstance(msg, protocol.Compact):
+            if getattr(conn, "scope", "admin") != "admin":
+                raise AuthorizationError("compact needs an admin token", code="PERMISSION_DENIED")
+            info = await self.compact(msg.table, dry_run=msg.dry_run)
+            return protocol.Ok(id=msg.id, info=_plain(info))
+        if isinstance(msg, protocol.CleanOrphans):
+            if getattr(conn, "scope", "admin") != "admin":
+                raise AuthorizationError(
+                    "clean-orphans needs an admin token", code="PERMISSION_DENIED"
+                )
+            if msg.older_than_ms is not None and msg.older_than_ms < 0:
+                raise ValidationError("older_than_ms must be >= 0", code="INVALID_INPUT")
+            info = await self.clean_orphans(msg.dry_run, msg.older_than_ms)
+            return protocol.Ok(id=msg.id, info=_plain(info))
         raise ValidationError(
-            f"{type(msg).__name__} is not served by the lake writer; send flush, expire or ping",
+            f"{type(msg).__name__} is not served by the lake writer; send flush, expire, "
+            "compact, clean_orphans or ping",
             code="INVALID_MESSAGE",
         )
 
@@ -436,6 +593,12 @@ class LakeServer:
                 m.table_data_files.labels(ident).set(st["data_files"])
                 m.table_delete_files.labels(ident).set(st["delete_files"])
                 m.table_snapshots.labels(ident).set(st["snapshots"])
+                m.table_avg_file_size.labels(ident).set(st["avg_file_size_bytes"])
+                last = st["last_compaction_ms"]
+                m.table_last_compaction.labels(ident).set(last / 1000 if last else 0)
+                m.table_last_compaction_duration.labels(ident).set(
+                    st["last_compaction_duration_ms"] or 0
+                )
                 oldest = st["oldest_snapshot_ms"]
                 m.table_oldest_snapshot.labels(ident).set(oldest / 1000 if oldest else 0)
 
@@ -494,6 +657,7 @@ class LakeServer:
                 "min_snapshots_to_keep": self.retention.min_snapshots,
                 "expire_interval_ms": self.config.expire_interval_ms,
                 "last_expiry": self.last_expiry,
+                **self._maintenance_extra(),
             },
         }
 
@@ -528,6 +692,7 @@ class LakeServer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.flush_loop)
             nursery.start_soon(self.maintenance_loop)
+            nursery.start_soon(self.compaction_loop)
             nursery.start_soon(self.stop_on_signal, nursery.cancel_scope)
             await nursery.start(
                 lambda task_status: self.service.serve(

@@ -32,6 +32,11 @@ def of_table(table: Table) -> dict[str, int]:
     return {k[len(PREFIX) :]: int(v) for k, v in props.items() if k.startswith(PREFIX)}
 
 
+def as_summary(marks: dict[str, int]) -> dict[str, str]:
+    """``marks`` as snapshot summary properties (what :func:`of_table` reads back)."""
+    return {f"{PREFIX}{s}": str(v) for s, v in sorted(marks.items())}
+
+
 def load_committed(catalog: Catalog, namespace: str) -> dict[str, int]:
     props = catalog.load_namespace_properties(namespace)
     return {k[len(COMMITTED) :]: int(v) for k, v in props.items() if k.startswith(COMMITTED)}

@@ -38,7 +38,9 @@ images of the affected keys into one new data file (sorted by key; one per
 bucket touched when bucketed) and one position-delete file naming the old rows
 of those keys (one per partition of the files it names), in one snapshot.
 Manifests are merged as they pile up (``MAINTAINED_PROPERTIES``), so the
-manifest list stays short; snapshot expiry is dolake/maintenance.py. The old rows are found in a key index (key -> data
+manifest list stays short; snapshot expiry is dolake/maintenance.py, compaction
+(small files rewritten as one replace snapshot, the key index moved along)
+dolake/compaction.py, orphan cleanup dolake/orphans.py. The old rows are found in a key index (key -> data
 file, row position, owner shard, commit time) kept in a local SQLite file per table under
 ``<data dir>/lake/mirror_index/``: derived state, updated after each mirror
 commit and rebuilt from the mirror when it does not match the table's current
@@ -107,7 +109,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from dolake import maintenance, mor, watermarks
+from dolake import compaction, maintenance, mor, orphans, watermarks
 from dolake.buffer import Entry
 from dolake.mor import KeyIndex
 from dolake.schema import (
@@ -124,6 +126,7 @@ from dolake.schema import (
     raw_tag,
 )
 from dosql import protocol
+from dosql.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +180,10 @@ class LakeTable:
     changelog_wm: dict[str, int] = field(default_factory=dict)
     committed_at: float | None = None
     delete_files: int = 0  # position-delete files written since this process started
+
+
+# (table, tables done, tables in all): called as a maintenance run reaches each table
+Progress = Callable[[str, int, int], None]
 
 
 def _fault(point: str) -> None:
@@ -267,14 +274,21 @@ class Writer:
     # ------------------------------------------------------------------ maintenance
 
     def expire(
-        self, policy: maintenance.Retention, *, now_ms: int | None = None, dry_run: bool = False
+        self,
+        policy: maintenance.Retention,
+        *,
+        now_ms: int | None = None,
+        dry_run: bool = False,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Expire the snapshots of every lake table outside ``policy`` and delete the
         files only they referenced (dolake/maintenance.py). Call it with no flush
         in flight (the server holds its flush lock). The current snapshots, which
         carry the watermarks, are always kept."""
         out: dict[str, Any] = {}
-        for name, lt in sorted(self.tables.items()):
+        for i, (name, lt) in enumerate(sorted(self.tables.items())):
+            if progress is not None:
+                progress(name, i, len(self.tables))
             res: dict[str, Any] = {}
             for side, table in (("changelog", lt.changelog), ("mirror", lt.mirror)):
                 if table is None:
@@ -283,6 +297,92 @@ class Writer:
                     table, policy, now_ms=now_ms, dry_run=dry_run, mark=side == "mirror"
                 )
             out[name] = res
+        return out
+
+    def compact(
+        self,
+        policy: compaction.Policy,
+        *,
+        table: str | None = None,
+        now_ms: int | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Compact the small files of every lake table (or ``table``): change log,
+        then mirror, each one ``replace`` snapshot (dolake/compaction.py), the
+        mirror's key index moved to the new files right after its commit. Call it
+        with no flush in flight (the server holds its flush lock)."""
+        out: dict[str, Any] = {}
+        names = sorted(self.tables) if table is None else [table.lower()]
+        for name in names:
+            lt = self.tables.get(name)
+            if lt is None:
+                raise NotFoundError(
+                    f"the lake has no table {name!r}; tables: {', '.join(sorted(self.tables))}",
+                    code="TABLE_NOT_FOUND",
+                )
+            res: dict[str, Any] = {}
+            for side in ("changelog", "mirror"):
+                if getattr(lt, side) is None:
+                    continue
+                try:  # one table's failure does not stop the others' compaction
+                    if side == "mirror":
+                        res[side] = self._compact_mirror(lt, policy, now_ms, dry_run)
+                    else:
+                        res[side] = compaction.compact_table(
+                            lt.changelog, policy, now_ms=now_ms, dry_run=dry_run
+                        )
+                except Exception as exc:
+                    log.exception("compaction failed", extra={"table": name, "side": side})
+                    res[side] = {"error": f"{type(exc).__name__}: {exc}", "snapshot_id": None}
+            out[name] = res
+        return out
+
+    def _compact_mirror(
+        self, lt: LakeTable, policy: compaction.Policy, now_ms: int | None, dry_run: bool
+    ) -> dict[str, Any]:
+        layout = lt.layout
+        table = lt.mirror
+        assert table is not None
+        on_commit = None
+        if not dry_run and table.current_snapshot() is not None:
+            index = self._index_of(lt)  # matches the snapshot being compacted
+
+            def on_commit(snapshot_id: int, added: list, removed: list[str]) -> None:
+                rows = []
+                for data_file, part in added:
+                    keys, shards, stamps = self._keys_of(layout, part)
+                    rows.append(
+                        (data_file, list(zip(keys, range(len(keys)), shards, stamps, strict=True)))
+                    )
+                index.apply(snapshot_id, (), rows, removed_files=removed)
+
+        if layout.rowid_keyed:
+            sort_col = ROWID
+        else:
+            sort_col = layout.primary_key[0] if layout.primary_key else None
+        return compaction.compact_table(
+            table, policy, now_ms=now_ms, dry_run=dry_run, sort_by=sort_col, on_commit=on_commit
+        )
+
+    def clean_orphans(
+        self, older_than_ms: int, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> dict[str, Any]:
+        """Delete the files in every lake table's directory that no snapshot or
+        metadata version references, once older than ``older_than_ms``
+        (dolake/orphans.py). Call it with no flush in flight (the flush lock)."""
+        out: dict[str, Any] = {}
+        for i, (name, lt) in enumerate(sorted(self.tables.items())):
+            if progress is not None:
+                progress(name, i, len(self.tables))
+            out[name] = {
+                # the catalog's current metadata, not this writer's copy: a file another
+                # engine committed must count as referenced
+                side: orphans.clean_table(
+                    self.catalog.load_table(table.name()), older_than_ms, dry_run=dry_run
+                )
+                for side, table in (("changelog", lt.changelog), ("mirror", lt.mirror))
+                if table is not None
+            }
         return out
 
     def stats(self) -> dict[str, dict[str, Any]]:
@@ -594,10 +694,38 @@ class Writer:
             index = self.indexes[name] = KeyIndex(self.index_dir / f"{name}.sqlite")
         snap = table.current_snapshot()
         current = snap.snapshot_id if snap is not None else 0
-        if index.snapshot_id != current:
+        if index.snapshot_id != current and not self._catch_up(lt, index):
             layout = lt.layout
             index.rebuild(table, lambda tbl, f: self._file_keys(layout, tbl, f))
         return index
+
+    def _catch_up(self, lt: LakeTable, index: KeyIndex) -> bool:
+        """Move the index over a compaction it missed (a crash between the replace
+        commit and the index update): the index is at the compaction's parent, so
+        only the rewritten rows moved -- read the new files' keys, no rebuild."""
+        table = lt.mirror
+        assert table is not None
+        snap = table.current_snapshot()
+        if (
+            snap is None
+            or index.snapshot_id is None
+            or snap.parent_snapshot_id != index.snapshot_id
+        ):
+            return False
+        moved = compaction.added_by(table, snap)
+        if moved is None:
+            return False
+        added_files, removed = moved
+        rows = []
+        for data_file in added_files:
+            keys, shards, stamps = self._file_keys(lt.layout, table, data_file)
+            rows.append((data_file, list(zip(keys, range(len(keys)), shards, stamps, strict=True))))
+        index.apply(snap.snapshot_id, (), rows, removed_files=removed)
+        log.info(
+            "mirror key index caught up with a compaction",
+            extra={"table": table.name(), "files": len(added_files), "snapshot": snap.snapshot_id},
+        )
+        return True
 
     def _apply_mirror(
         self, lt: LakeTable, entries: list[Entry], marks: dict[str, int], result: TableFlush
@@ -788,8 +916,7 @@ def _merge(old: dict[str, int], cut: dict[str, int]) -> dict[str, int]:
     return merged
 
 
-def _props(marks: dict[str, int]) -> dict[str, str]:
-    return {f"{watermarks.PREFIX}{s}": str(v) for s, v in sorted(marks.items())}
+_props = watermarks.as_summary
 
 
 def _frame(schema: pa.Schema, columns: dict[str, Any], rows: int) -> pa.Table:

@@ -112,6 +112,25 @@ SETTINGS: tuple[Setting, ...] = (
     _s("lake", "expire_interval_ms", "DOLAKE_EXPIRE_INTERVAL_MS", 3_600_000, minimum=0),
     # old metadata.json files kept per table (Iceberg write.metadata.previous-versions-max)
     _s("lake", "metadata_versions_max", "DOLAKE_METADATA_VERSIONS_MAX", 100, minimum=1),
+    # compaction (dolake/compaction.py; names from the operations guide, dolake/README.md
+    # "Maintenance: compaction" says why these defaults): per partition, once at least
+    # min_files_threshold small files (< target_file_size_bytes) are older than
+    # min_partition_age_ms, up to max_files_per_compaction of them are rewritten with
+    # their position deletes; every compaction_interval_ms (0: only on request).
+    _s("lake", "min_files_threshold", "DOLAKE_MIN_FILES_THRESHOLD", 10, minimum=2),
+    _s(
+        "lake",
+        "target_file_size_bytes",
+        "DOLAKE_TARGET_FILE_SIZE_BYTES",
+        32 * 1024 * 1024,
+        minimum=1024,
+    ),
+    _s("lake", "max_files_per_compaction", "DOLAKE_MAX_FILES_PER_COMPACTION", 50, minimum=2),
+    _s("lake", "min_partition_age_ms", "DOLAKE_MIN_PARTITION_AGE_MS", 0, minimum=0),
+    _s("lake", "compaction_interval_ms", "DOLAKE_COMPACTION_INTERVAL_MS", 60_000, minimum=0),
+    # orphan files (dolake/orphans.py): unreferenced files in the tables' directories are
+    # deleted once older than this (with each expiry run, and on request)
+    _s("lake", "orphan_min_age_ms", "DOLAKE_ORPHAN_MIN_AGE_MS", 3_600_000, minimum=0),
     # cdc
     _s("cdc", "batch_size", "CDC_BATCH_SIZE", 100, minimum=1),
     _s("cdc", "batch_timeout_ms", "CDC_BATCH_TIMEOUT_MS", 5000, minimum=1),
@@ -169,6 +188,12 @@ class LakeConfig:
     min_snapshots_to_keep: int = 10
     expire_interval_ms: int = 3_600_000
     metadata_versions_max: int = 100
+    min_files_threshold: int = 10
+    target_file_size_bytes: int = 32 * 1024 * 1024
+    max_files_per_compaction: int = 50
+    min_partition_age_ms: int = 0
+    compaction_interval_ms: int = 60_000
+    orphan_min_age_ms: int = 3_600_000
     # Extra pyiceberg catalog properties / pyarrow filesystem options, passed through.
     catalog_properties: dict[str, str] = field(default_factory=dict)
 

@@ -318,6 +318,25 @@ class Expire(Message, tag="expire"):
     dry_run: bool = False
 
 
+class Compact(Message, tag="compact"):
+    """Ask the lake writer to compact small files now (admin scope): one table's or
+    every table's; ``dry_run``: only report what would be rewritten."""
+
+    id: int
+    table: str | None = None
+    dry_run: bool = False
+
+
+class CleanOrphans(Message, tag="clean_orphans"):
+    """Ask the lake writer to delete files no snapshot references (admin scope) once
+    older than ``older_than_ms`` (None: ``lake.orphan_min_age_ms``); ``dry_run``: only
+    list them."""
+
+    id: int
+    dry_run: bool = False
+    older_than_ms: int | None = None
+
+
 META_VERSION_KEY = "~version"
 
 
@@ -384,6 +403,8 @@ AnyMessage = (
     | Committed
     | Flush
     | Expire
+    | Compact
+    | CleanOrphans
     | MetaGet
     | MetaSet
     | ReleaseChanges

@@ -15,7 +15,12 @@ from dosql import protocol
 
 from .helpers import CDC, US, Lake, col, create, dele, ins, upd
 
-SLOW_FLUSH = {"DOLAKE_FLUSH_INTERVAL_MS": "600000", "DOLAKE_EVENT_THRESHOLD": "1000000"}
+# flushes only on request, and no background compaction (tests count files and snapshots)
+SLOW_FLUSH = {
+    "DOLAKE_FLUSH_INTERVAL_MS": "600000",
+    "DOLAKE_EVENT_THRESHOLD": "1000000",
+    "DOLAKE_COMPACTION_INTERVAL_MS": "0",
+}
 
 ITEM_COLS = [
     col("id", "INTEGER", 1),

@@ -23,7 +23,12 @@ from tests.lake.helpers import CDC, Lake
 
 from .workload import LAKE_CONFIG, SHARDS, Workload
 
-SLOW_FLUSH = {"DOLAKE_FLUSH_INTERVAL_MS": "600000", "DOLAKE_EVENT_THRESHOLD": "1000000"}
+# no background compaction either: the tests compare the snapshot chain with the flushes
+SLOW_FLUSH = {
+    "DOLAKE_FLUSH_INTERVAL_MS": "600000",
+    "DOLAKE_EVENT_THRESHOLD": "1000000",
+    "DOLAKE_COMPACTION_INTERVAL_MS": "0",
+}
 NS = "default"
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 

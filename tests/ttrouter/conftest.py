@@ -81,7 +81,12 @@ class Workload:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     data_dir = tmp_path_factory.mktemp("ttrouter")
-    env = {"DOLAKE_FLUSH_INTERVAL_MS": "600000", "CDC_BATCH_TIMEOUT_MS": "50"}
+    # (no background compaction: the tests list the snapshots their flushes made)
+    env = {
+        "DOLAKE_FLUSH_INTERVAL_MS": "600000",
+        "CDC_BATCH_TIMEOUT_MS": "50",
+        "DOLAKE_COMPACTION_INTERVAL_MS": "0",
+    }
     with LocalCluster(CONFIG, data_dir, lake=True, env=env) as running:
         yield running
 
