@@ -363,32 +363,34 @@ class LakeServer:
                 self.last_orphan_cleanup = info
             return info
 
-    async def maintenance_loop(self) -> None:
-        """Expiry, then orphan cleanup, every ``expire_interval_ms``."""
-        interval = self.config.expire_interval_ms / 1000
-        if interval <= 0:
+    async def _every(self, interval_ms: int, what: str, run: Any) -> None:
+        """``run()`` every ``interval_ms`` (0 or less: never); a failure is logged and
+        counted, and the next round comes as usual."""
+        if interval_ms <= 0:
             return
         while True:
-            await trio.sleep(interval)
+            await trio.sleep(interval_ms / 1000)
             try:
-                await self.expire()
-                await self.clean_orphans()
+                await run()
             except Exception:
-                log.exception("snapshot expiry or orphan cleanup failed")
+                log.exception(f"{what} failed")
                 self.metrics.maintenance_errors.inc()
+
+    async def _expire_and_clean(self) -> None:
+        await self.expire()
+        await self.clean_orphans()
+
+    async def maintenance_loop(self) -> None:
+        """Expiry, then orphan cleanup, every ``expire_interval_ms``."""
+        await self._every(
+            self.config.expire_interval_ms,
+            "snapshot expiry or orphan cleanup",
+            self._expire_and_clean,
+        )
 
     async def compaction_loop(self) -> None:
         """Compaction every ``compaction_interval_ms`` (0: only on request)."""
-        interval = self.config.compaction_interval_ms / 1000
-        if interval <= 0:
-            return
-        while True:
-            await trio.sleep(interval)
-            try:
-                await self.compact()
-            except Exception:
-                log.exception("compaction failed")
-                self.metrics.maintenance_errors.inc()
+        await self._every(self.config.compaction_interval_ms, "compaction", self.compact)
 
     def maintenance_status(self) -> dict[str, Any]:
         """GET /maintenance: the retention policy and the last expiry."""

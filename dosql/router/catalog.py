@@ -65,6 +65,7 @@ class Catalog:
     meta_version: int  # the default shard's metadata version the loaded state is from
     key_types: dict[str, str]  # listed sharded tables' key types learned from shards
     ddl_stamps: dict[str, str]  # table -> its last announced DDL (metadata.ddl_stamps)
+    meta_changes: int  # metadata changes this router made (a load racing one is dropped)
 
     clear_plans: Callable[[], None]  # the executor's: plans embed routing decisions
     on_shard: Callable[..., Awaitable[ShardResult]]  # Fanout's
@@ -98,9 +99,12 @@ class Catalog:
         """Load the shared metadata; drop only what a DDL made elsewhere outdated (this
         router's own DDL, already applied, clears no plan when its version bump returns)."""
         pool = self.pools[self.vs.default_shard]
+        changes = self.meta_changes
         learned = await metadata.load(pool)
         views = await metadata.load_views(pool)
         stamps = await metadata.ddl_stamps(pool)
+        if self.meta_changes != changes:
+            return  # this router changed the metadata meanwhile: what was read may predate it
         known = stamps.keys() | self.ddl_stamps.keys()
         redefined = {t for t in known if stamps.get(t) != self.ddl_stamps.get(t)}
         for name in redefined:  # its columns and key type may differ now
@@ -291,6 +295,7 @@ class Catalog:
         self.null_shards = metadata.null_shards(self.learned)
         self.sequences = metadata.sequences(self.learned)
         self.set_vs(vs)
+        self.meta_changes += 1
 
     async def announce_ddl(self, name: str, tx: Transaction | None) -> None:
         """Tell other routers ``name`` changed (in the client's transaction, if any,
@@ -299,6 +304,7 @@ class Catalog:
         conn = await tx.conn(default, write=True) if tx is not None else None
         stamp = await metadata.announce_ddl(self.pools[default], name.lower(), conn)
         self.ddl_stamps[name.lower()] = stamp  # its own DDL: what it learned stays valid
+        self.meta_changes += 1
 
     async def forget_table(self, name: str, tx: Transaction | None) -> None:
         default = self.vs.default_shard
@@ -320,6 +326,7 @@ class Catalog:
             self.null_shards = metadata.null_shards(self.learned)
             self.sequences = metadata.sequences(self.learned)
             self.set_vs(metadata.overlay(self.base, self.learned))
+            self.meta_changes += 1
 
 
 def _with_key_type(vs: vschema.VSchema, name: str, decl: str) -> vschema.VSchema:

@@ -83,6 +83,7 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.meta_version = -1
         self.key_types: dict[str, str] = {}
         self.ddl_stamps: dict[str, str] = {}
+        self.meta_changes = 0
         self.local_schemas: dict[str, gather.LocalSchema] = {}
         self.null_shards: dict[str, str] = {}  # table -> shard that holds NULL-key rows
         self.sequences: set[str] = set()  # tables whose keys the router assigns

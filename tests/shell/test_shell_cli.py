@@ -245,6 +245,7 @@ def test_ctrl_c_exits_130_without_traceback(here: Path) -> None:
 
 def test_interactive_session_on_a_terminal(here: Path) -> None:
     import pty
+    import select
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: a shell on a terminal
@@ -258,7 +259,11 @@ def test_interactive_session_on_a_terminal(here: Path) -> None:
         since = len(output)
         deadline = time.monotonic() + timeout
         while marker not in output[since:]:
-            assert time.monotonic() < deadline, output
+            left = deadline - time.monotonic()
+            assert left > 0, output
+            ready, _, _ = select.select([fd], [], [], left)  # never block past the deadline
+            if not ready:
+                continue
             try:
                 output += os.read(fd, 4096)
             except OSError:

@@ -43,6 +43,7 @@ class Services(Protocol):
     null_shards: dict[str, str]
     sequences: set[str]
     views: dict[str, str]
+    meta_changes: int  # bumped when an operator changes the shared metadata
     learned: dict[str, dict[str, Any]]
     schema: dict[str, TableInfo]
     local_schemas: dict[str, LocalSchema]

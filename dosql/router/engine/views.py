@@ -38,9 +38,11 @@ class ViewDDL(Operator):
                     return ShardResult(columns=[], rowcount=-1)
                 await metadata.store_view(ex.pools[default], name, self.text, conn)
                 ex.views[name] = self.text
+                ex.meta_changes += 1
             else:
                 await metadata.store_view(ex.pools[default], name, None, conn)
                 ex.views.pop(name, None)
+                ex.meta_changes += 1
         finally:
             ex.clear_plans()
         return ShardResult(columns=[], rowcount=-1)
