@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect
 
+import dosql
 from dolake.subscribe import request
 from dosql.errors import ValidationError
 
@@ -396,3 +397,19 @@ def test_dosql_format_unchanged(env, dbz):
     row = next(f for f in fs if "op" in f)
     assert row["key"] == ["a"] and row["source"]["snapshot"] is False
     assert "commit_ts_ms" in row["source"] and "transaction" not in row
+
+
+def test_python_helper_passes_the_options(env, dbz):
+    n = sum(1 for e in dbz["expected"] if "k" in (e[3] or e[4]))
+    got = []
+    with dosql.subscribe(
+        env.sub.url, tables=["dbz_kv"], start="earliest", token=READ, timeout=30,
+        format="debezium", tombstones=True,
+    ) as sub:  # fmt: skip
+        for record in sub:  # heartbeats left out by the helper, metadata records kept
+            assert not record["topic"].startswith("__debezium-heartbeat.")
+            got.append(record)
+            if len([r for r in got if r["value"] is not None and is_row(r)]) == n:
+                break
+        assert sub.position == got[-1]["position"]
+    assert any(r["topic"] == "default.transaction" for r in got)
