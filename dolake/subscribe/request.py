@@ -7,7 +7,11 @@ One JSON text frame, for example::
      "filter": {"key": [42, 43]},            # optional: only rows with these primary keys
      "start": "latest",                      # "earliest" | {"timestamp": "2026-01-20T14:30:00Z"}
                                              # | {"position": "<from an earlier event>"}
-     "snapshot": false}                      # true: "r" events of the current rows first
+     "snapshot": false,                      # true: "r" events of the current rows first
+     "format": "dosql",                      # or "debezium" (dolake/subscribe/debezium.py)
+     "changes_only": false,                  # row events only
+     "tombstones": false, "schemas": false,  # debezium only: tombstones, JsonConverter schemas
+     "name": "<server name>"}                # debezium only: source.name / topic prefix
 
 ``filter.key`` lists primary key values: a scalar for a one-column key, a
 list (in key order) for a composite key; rowid tables are keyed by rowid.
