@@ -413,3 +413,31 @@ def test_python_helper_passes_the_options(env, dbz):
                 break
         assert sub.position == got[-1]["position"]
     assert any(r["topic"] == "default.transaction" for r in got)
+
+
+def test_keys_of_composite_and_rowid_tables():
+    """Composite keys become a record in key order; a table without a primary key has a
+    null key (as in Debezium) and so no tombstone."""
+    from dolake.subscribe.debezium import DebeziumFormat
+    from dosql import protocol
+
+    fmt = DebeziumFormat("srv", "db", tombstones=True, changes_only=True)
+    cols = [protocol.ColumnInfo("b", "TEXT", True, 2), protocol.ColumnInfo("a", "INT", True, 1)]
+    fmt.schema(
+        "s0", "t", protocol.TableSchema(action="create", columns=cols, primary_key=["a", "b"]), "p"
+    )
+    fmt.schema(
+        "s0", "heap", protocol.TableSchema(action="create", columns=cols[:1], primary_key=[]), "p"
+    )
+    ch = protocol.Change(5, 9, 1_000_000, "t", "delete", key=[1, "x"], before={"b": "x", "a": 1})
+    out = fmt.row("s0", ch, "d", "p")
+    assert [r["key"] for r in out] == [{"a": 1, "b": "x"}] * 2 and out[1]["value"] is None
+    assert out[0]["value"]["transaction"] == {
+        "id": "s0:9",
+        "total_order": 1,
+        "data_collection_order": 1,
+    }
+    heap = protocol.Change(6, 10, 1_000_000, "heap", "delete", key=[3], before={"b": "y"})
+    out = fmt.row("s0", heap, "d", "p")
+    assert len(out) == 1 and out[0]["key"] is None and out[0]["topic"] == "srv.db.heap"
+    assert fmt.commit("s0", 9, 1_000_000, 1, "p") == []  # changes_only: no END record
