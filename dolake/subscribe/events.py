@@ -1,5 +1,10 @@
 """The JSON events a subscriber receives (Debezium envelope) and how values are encoded.
 
+This is dosql's own format, the default; ``"format": "debezium"`` gets Debezium's exact
+records instead (:mod:`dolake.subscribe.debezium`, which encodes values with this
+module's :func:`json_value`). The session formats through :class:`DosqlFormat` or
+``DebeziumFormat``, which share one interface.
+
 Row change::
 
     {"before": {...} | null, "after": {...} | null, "op": "c" | "u" | "d" | "r",
