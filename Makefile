@@ -36,8 +36,18 @@ fuzz: $(STAMP)
 	DOSQL_FUZZ_EXAMPLES=$${DOSQL_FUZZ_EXAMPLES:-20000} DOSQL_FUZZ_SEED=$${DOSQL_FUZZ_SEED:-$$(date +%Y%m%d)} \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 tests/router/test_fuzz_pushdown.py
 
+# A real Debezium consumer (Flink SQL's debezium-json format) reading the change stream.
+# Not part of make test: it installs apache-flink (~0.5 GB, needs Java 17) into its own
+# virtualenv, since Flink's pinned dependencies conflict with the project's.
+FLINK_VENV ?= .venv-flink
+FLINK_PYTHON ?= $(FLINK_VENV)/bin/python
+.PHONY: test-flink
+test-flink: $(STAMP)
+	test -x $(FLINK_PYTHON) || ($(PY) -m venv $(FLINK_VENV) && $(FLINK_VENV)/bin/pip install --quiet apache-flink)
+	DOSQL_FLINK_PYTHON=$(abspath $(FLINK_PYTHON)) $(BIN)/python -m pytest -q -p no:cacheprovider tests/subscribe/test_flink_debezium.py
+
 clean:
-	rm -rf $(VENV) .dosql-data .pytest_cache
+	rm -rf $(VENV) $(FLINK_VENV) .dosql-data .pytest_cache
 
 # Kill -9 at every two-phase-commit step under client load, repeated (make test: 1 round).
 .PHONY: jepsen

@@ -59,8 +59,11 @@ def request(
     snapshot: bool = False,
     ops: list[str] | None = None,
     keys: list[Any] | None = None,
+    **options: Any,
 ) -> dict[str, Any]:
-    """The subscribe message for these arguments."""
+    """The subscribe message for these arguments. ``options`` are sent as they are
+    (``format="debezium"``, ``changes_only``, ``tombstones``, ``schemas``, ``name``:
+    see dolake/subscribe/README.md); the server refuses unknown ones."""
     if isinstance(tables, str) and tables != "*":
         tables = [tables]
     msg: dict[str, Any] = {"tables": list(tables) if tables != "*" else "*"}
@@ -78,6 +81,7 @@ def request(
         msg["ops"] = list(ops)
     if keys is not None:
         msg["filter"] = {"key": list(keys)}
+    msg.update({k: v for k, v in options.items() if v is not None})
     return msg
 
 
@@ -115,7 +119,10 @@ class _State:
             raise from_wire({"code": event.get("code"), "message": event.get("message", "")})
         if event.get("position"):
             self.position = event["position"]
-        if kind == "heartbeat" and not self.heartbeats:
+        heartbeat = kind == "heartbeat" or str(event.get("topic")).startswith(
+            "__debezium-heartbeat."
+        )
+        if heartbeat and not self.heartbeats:
             return None
         return decode_event(event) if self.decode_binary else event
 
@@ -236,9 +243,10 @@ def subscribe(
     decode_binary: bool = True,
     heartbeats: bool = False,
     timeout: float | None = None,
+    **options: Any,
 ) -> Subscription:
     """Subscribe (sync, over websockets.sync.client); returns an iterator of event dicts."""
-    message = request(tables, start, snapshot=snapshot, ops=ops, keys=keys)
+    message = request(tables, start, snapshot=snapshot, ops=ops, keys=keys, **options)
     return Subscription(
         url,
         message,
@@ -288,12 +296,13 @@ async def subscribe_async(
     keys: list[Any] | None = None,
     decode_binary: bool = True,
     heartbeats: bool = False,
+    **options: Any,
 ) -> AsyncIterator[AsyncSubscription]:
     """``async with subscribe_async(url, ...) as sub: async for event in sub`` (trio)."""
     from websockets.exceptions import InvalidHandshake
     from websockets.trio.client import connect
 
-    message = request(tables, start, snapshot=snapshot, ops=ops, keys=keys)
+    message = request(tables, start, snapshot=snapshot, ops=ops, keys=keys, **options)
     state = _State(start, decode_binary, heartbeats)
     async with AsyncExitStack() as stack:
         try:

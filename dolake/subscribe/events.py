@@ -1,5 +1,10 @@
 """The JSON events a subscriber receives (Debezium envelope) and how values are encoded.
 
+This is dosql's own format, the default; ``"format": "debezium"`` gets Debezium's exact
+records instead (:mod:`dolake.subscribe.debezium`, which encodes values with this
+module's :func:`json_value`). The session formats through :class:`DosqlFormat` or
+``DebeziumFormat``, which share one interface.
+
 Row change::
 
     {"before": {...} | null, "after": {...} | null, "op": "c" | "u" | "d" | "r",
@@ -37,7 +42,9 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _value(v: Any) -> Any:
+def json_value(v: Any) -> Any:
+    """One SQLite value as JSON (BLOB -> base64 text, non-finite real -> string); shared
+    with the Debezium format so both encode values the same way."""
     if isinstance(v, bytes):
         return base64.b64encode(v).decode("ascii")
     if isinstance(v, float) and not math.isfinite(v):
@@ -45,14 +52,15 @@ def _value(v: Any) -> Any:
     return v
 
 
-def _image(image: dict[str, Any] | None, blobs: list[str]) -> dict[str, Any] | None:
+def json_image(image: dict[str, Any] | None, blobs: list[str]) -> dict[str, Any] | None:
+    """A row image as JSON; the names of its BLOB columns are appended to ``blobs``."""
     if image is None:
         return None
     out = {}
     for name, v in image.items():
         if isinstance(v, bytes):
             blobs.append(name)
-        out[name] = _value(v)
+        out[name] = json_value(v)
     return out
 
 
@@ -68,11 +76,11 @@ def row_event(
     blobs_after: list[str] = []
     key = list(ch.key or [])
     event: dict[str, Any] = {
-        "before": _image(ch.before, blobs_before),
-        "after": _image(ch.after, blobs_after),
+        "before": json_image(ch.before, blobs_before),
+        "after": json_image(ch.after, blobs_after),
         "op": op,
         "ts_ms": now_ms(),
-        "key": [_value(k) for k in key],
+        "key": [json_value(k) for k in key],
         "source": {
             "shard": shard,
             "table": ch.table,
@@ -161,6 +169,37 @@ def error_event(code: str, message: str, pos: str | None = None) -> dict[str, An
     if pos is not None:
         event["position"] = pos
     return event
+
+
+class DosqlFormat:
+    """The default event shapes (this module's functions), behind the interface the session
+    formats through (see :mod:`dolake.subscribe.debezium` for the other one).
+
+    Each method returns the events to queue, possibly none: ``changes_only`` keeps only
+    row events, for consumers that treat every message as a row change."""
+
+    def __init__(self, *, changes_only: bool = False) -> None:
+        self.changes_only = changes_only
+
+    def row(
+        self, shard: str, ch: protocol.Change, op: str, pos: str, snapshot: str = "false"
+    ) -> list[dict[str, Any]]:
+        return [row_event(shard, ch, op, pos, snapshot=snapshot != "false")]
+
+    def schema(
+        self, shard: str, table: str, schema: protocol.TableSchema, pos: str, **source: Any
+    ) -> list[dict[str, Any]]:
+        return [] if self.changes_only else [schema_event(shard, table, schema, pos, **source)]
+
+    def commit(
+        self, shard: str, txid: int, commit_ts: int, count: int, pos: str, **kw: Any
+    ) -> list[dict[str, Any]]:
+        if self.changes_only:
+            return []
+        return [commit_event(shard, txid, commit_ts, count, pos, **kw)]
+
+    def heartbeat(self, pos: str) -> list[dict[str, Any]]:
+        return [] if self.changes_only else [heartbeat_event(pos)]
 
 
 def dumps(event: dict[str, Any]) -> str:

@@ -7,7 +7,11 @@ One JSON text frame, for example::
      "filter": {"key": [42, 43]},            # optional: only rows with these primary keys
      "start": "latest",                      # "earliest" | {"timestamp": "2026-01-20T14:30:00Z"}
                                              # | {"position": "<from an earlier event>"}
-     "snapshot": false}                      # true: "r" events of the current rows first
+     "snapshot": false,                      # true: "r" events of the current rows first
+     "format": "dosql",                      # or "debezium" (dolake/subscribe/debezium.py)
+     "changes_only": false,                  # row events only
+     "tombstones": false, "schemas": false,  # debezium only: tombstones, JsonConverter schemas
+     "name": "<server name>"}                # debezium only: source.name / topic prefix
 
 ``filter.key`` lists primary key values: a scalar for a one-column key, a
 list (in key order) for a composite key; rowid tables are keyed by rowid.
@@ -26,7 +30,19 @@ from dolake.subscribe import position
 from dosql.errors import ValidationError
 
 OPS = {"c": "insert", "u": "update", "d": "delete"}
-KNOWN_KEYS = {"tables", "ops", "filter", "start", "snapshot"}
+KNOWN_KEYS = {
+    "tables",
+    "ops",
+    "filter",
+    "start",
+    "snapshot",
+    "format",
+    "changes_only",
+    "tombstones",
+    "schemas",
+    "name",
+}
+FORMATS = ("dosql", "debezium")
 
 
 @dataclass(frozen=True)
@@ -45,6 +61,11 @@ class Subscription:
     keys: tuple[tuple[Any, ...], ...] | None  # row filter on primary key values
     start: Start
     snapshot: bool
+    format: str = "dosql"  # "debezium": Kafka-style records (see dolake/subscribe/debezium.py)
+    changes_only: bool = False  # row events only: no schema/commit/heartbeat messages
+    tombstones: bool = False  # debezium: a record with value null after each delete
+    schemas: bool = False  # debezium: {"schema", "payload"} as Kafka Connect's JsonConverter
+    name: str | None = None  # debezium: the server name (topic prefix); default the namespace
 
     def wants_table(self, table: str) -> bool:
         return self.tables is None or table.lower() in self.tables
@@ -81,6 +102,7 @@ def parse(frame: str | bytes) -> Subscription:
         keys=_keys(msg.get("filter")),
         start=_start(msg.get("start", "latest")),
         snapshot=_snapshot(msg),
+        **_format(msg),
     )
 
 
@@ -158,6 +180,30 @@ def parse_timestamp(raw: Any) -> int:
         '"start.timestamp" must be an ISO 8601 time such as "2026-01-20T14:30:00Z" '
         "(naive times are UTC) or epoch milliseconds"
     )
+
+
+def _format(msg: dict[str, Any]) -> dict[str, Any]:
+    """The output options; the Debezium-only ones are refused with the default format
+    rather than ignored, so a subscriber never silently gets another shape than it asked."""
+    fmt = msg.get("format", "dosql")
+    if fmt not in FORMATS:
+        raise invalid('"format" must be "dosql" (the default) or "debezium"')
+    out: dict[str, Any] = {"format": fmt}
+    for opt in ("changes_only", "tombstones", "schemas"):
+        raw = msg.get(opt, False)
+        if not isinstance(raw, bool):
+            raise invalid(f'"{opt}" must be true or false')
+        if raw and opt != "changes_only" and fmt != "debezium":
+            raise invalid(f'"{opt}" needs "format": "debezium"')
+        out[opt] = raw
+    name = msg.get("name")
+    if name is not None:
+        if fmt != "debezium":
+            raise invalid('"name" needs "format": "debezium"')
+        if not isinstance(name, str) or not name.strip():
+            raise invalid('"name" (the Debezium server name / topic prefix) must be a string')
+        out["name"] = name.strip()
+    return out
 
 
 def _snapshot(msg: dict[str, Any]) -> bool:

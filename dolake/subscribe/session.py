@@ -42,7 +42,7 @@ from typing import Any
 import trio
 from websockets.exceptions import ConnectionClosed
 
-from dolake.subscribe import dtx, events, history, position, request
+from dolake.subscribe import debezium, dtx, events, history, position, request
 from dolake.subscribe.context import SubscribeContext
 from dolake.subscribe.request import Subscription
 from dolake.subscribe.shardlink import ShardLink
@@ -106,6 +106,8 @@ class Session:
         self.live = False  # heartbeats start once a snapshot (if any) is complete
         self.producers: trio.CancelScope | None = None
         self.outer: trio.Nursery | None = None
+        self.fmt: Any = events.DosqlFormat()  # the shape of what is sent (see set_format)
+        self.held: tuple[str, protocol.Change] | None = None  # snapshot row not yet sent
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,6 +124,7 @@ class Session:
                     "no subscribe message received: send one JSON object such as " + request.EXAMPLE
                 ) from None
             sub = request.parse(frame)
+            self.set_format(sub)
             async with AsyncExitStack() as stack:
                 for sid, url in self.ctx.shards().items():
                     link = ShardLink(sid, url, self.ctx.token)
@@ -223,6 +226,23 @@ class Session:
                 await self.ws.aclose(close, exc.code)
             except ConnectionClosed:
                 pass
+
+    def set_format(self, sub: Subscription) -> None:
+        if sub.format == "debezium":
+            ns = self.ctx.namespace
+            self.fmt = debezium.DebeziumFormat(
+                sub.name or ns,
+                ns,
+                changes_only=sub.changes_only,
+                tombstones=sub.tombstones,
+                schemas=sub.schemas,
+            )
+        else:
+            self.fmt = events.DosqlFormat(changes_only=sub.changes_only)
+
+    async def put_all(self, batch: list[dict[str, Any]]) -> None:
+        for event in batch:
+            await self.put(event)
 
     async def put(self, event: dict[str, Any]) -> None:
         await self.send_ch.send((events.dumps(event), dict(self.vector), _copy_extra(self.extra)))
@@ -470,7 +490,7 @@ class Session:
                     counts[sid] = counts.get(sid, 0) + 1
             shards = [s for s in sorted(g.got) if counts.get(s)]
             for i, sid in enumerate(shards):
-                event = events.commit_event(
+                batch = self.fmt.commit(
                     sid,
                     g.got[sid][0].txid,
                     g.commit_ts,
@@ -480,7 +500,7 @@ class Session:
                     parts=list(g.got[sid][0].parts or g.parts),
                     final=i == len(shards) - 1,
                 )
-                await self.put(event)
+                await self.put_all(batch)
 
     async def replay(self, sid: str, pos: int, oldest: int, sub: Subscription) -> int:
         """Serve ``pos + 1 ..`` from the lake: the shard no longer retains it."""
@@ -547,8 +567,8 @@ class Session:
         if wanted and ch.op == "schema" and ch.schema is not None:
             self.schema_seen.add(name)
             self.mark(sid, ch.lsn)
-            await self.put(
-                events.schema_event(
+            await self.put_all(
+                self.fmt.schema(
                     sid,
                     ch.table,
                     ch.schema,
@@ -564,7 +584,7 @@ class Session:
             if name not in self.schema_seen:
                 await self.first_schema(sid, ch)
             self.mark(sid, ch.lsn)
-            await self.put(events.row_event(sid, ch, events.OP_LETTER[ch.op], self.pos()))
+            await self.put_all(self.fmt.row(sid, ch, events.OP_LETTER[ch.op], self.pos()))
             return True
         self.mark(sid, ch.lsn)  # nothing to deliver
         return False
@@ -578,14 +598,14 @@ class Session:
         pending = self.pending.pop(sid, None)
         if pending is not None:
             txid, commit_ts, count, gtid = pending
-            await self.put(events.commit_event(sid, txid, commit_ts, count, self.pos(), gtid=gtid))
+            await self.put_all(self.fmt.commit(sid, txid, commit_ts, count, self.pos(), gtid=gtid))
 
     async def first_schema(self, sid: str, ch: protocol.Change) -> None:
         """A table's columns before its first row event (from the shard's current definition)."""
         self.schema_seen.add(ch.table.lower())
         rows = await self.links[sid].query(_COLUMNS, [ch.table])
         schema = self.schema_from(rows, ch.after or ch.before or {})
-        await self.put(events.schema_event(sid, ch.table, schema, self.pos()))
+        await self.put_all(self.fmt.schema(sid, ch.table, schema, self.pos()))
 
     @staticmethod
     def schema_from(rows: list[list[Any]], image: dict[str, Any]) -> protocol.TableSchema:
@@ -616,6 +636,19 @@ class Session:
                     if not sub.wants_table(name) or (owner is not None and owner != sid):
                         continue
                     await self.snapshot_table(sid, link, table, sub)
+            await self.snapshot_row(None)
+
+    async def snapshot_row(self, sid: str | None, ch: protocol.Change | None = None) -> None:
+        """Queue the previous snapshot row and hold this one back: Debezium marks the last
+        row of a snapshot ``"snapshot": "last"``, which is known only once the next row is
+        (``sid`` None: the snapshot is over, the held row is the last)."""
+        if sid is not None and ch is not None and not isinstance(self.fmt, debezium.DebeziumFormat):
+            await self.put_all(self.fmt.row(sid, ch, "r", self.pos(), snapshot="true"))
+            return  # dosql's format has no "last": no need to hold rows back
+        held, self.held = self.held, (sid, ch) if sid is not None and ch is not None else None
+        if held is not None:
+            state = "true" if sid is not None else "last"
+            await self.put_all(self.fmt.row(held[0], held[1], "r", self.pos(), snapshot=state))
 
     @staticmethod
     async def _end_read(link: ShardLink) -> None:
@@ -632,7 +665,7 @@ class Session:
         schema = self.schema_from(info.rows, {})
         if table.lower() not in self.schema_seen:
             self.schema_seen.add(table.lower())
-            await self.put(events.schema_event(sid, table, schema, self.pos()))
+            await self.put_all(self.fmt.schema(sid, table, schema, self.pos()))
         pk = schema.primary_key
         sql = f"SELECT * FROM {_quote(table)}"
         if not pk:
@@ -646,7 +679,7 @@ class Session:
                 if not sub.wants_key(key):
                     continue
                 ch = protocol.Change(lsn, 0, now, table, "insert", key=key, after=image)
-                await self.put(events.row_event(sid, ch, "r", self.pos(), snapshot=True))
+                await self.snapshot_row(sid, ch)
 
     # ------------------------------------------------------------------ flow control
 
@@ -679,7 +712,7 @@ class Session:
             await trio.sleep(self.limits.heartbeat_s)
             if self.live:
                 async with self.order_lock:
-                    await self.put(events.heartbeat_event(self.pos()))
+                    await self.put_all(self.fmt.heartbeat(self.pos()))
 
 
 def _copy_extra(extra: dict[str, set[int]]) -> dict[str, set[int]]:

@@ -101,3 +101,17 @@ def test_schema_change_mid_stream(env):
     two = next(e for e in seen if e.get("op") == "c" and e["after"]["id"] == 2)
     shard_alter = next(e for e in alters if e["source"]["shard"] == two["source"]["shard"])
     assert seen.index(shard_alter) < seen.index(two)  # the schema event comes first
+
+
+def test_tail_debezium_values(env):
+    seed(env)
+    args = ["--url", env.sub.url, "--table", "tail_t", "--token", READ, "--from", "earliest"]
+    out = tail(
+        *args, "--format", "debezium", "--changes-only", "--value-only", "--idle-exit", "1.5"
+    )
+    assert out.returncode == 0, out.stderr
+    values = [json.loads(line) for line in out.stdout.splitlines()]
+    assert values and all(set(v) >= {"before", "after", "op", "source"} for v in values)
+    assert all(v["source"]["connector"] == "dosql" for v in values)
+    bad = tail(*args, "--value-only")
+    assert bad.returncode == 3 and "--format debezium" in bad.stderr
