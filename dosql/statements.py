@@ -20,6 +20,30 @@ DDL = frozenset({"CREATE", "DROP", "ALTER"})
 _WORD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
 
+def skip_opaque(sql: str, i: int) -> int | None:
+    """Where a comment, string literal or quoted name starting at ``i`` ends (the
+    offset after it; ``len(sql)`` if unterminated), or None if none starts there.
+    A doubled quote inside one (``'it''s'``) is an escaped quote, as in SQLite."""
+    n = len(sql)
+    if sql.startswith("--", i):
+        j = sql.find("\n", i)
+        return n if j < 0 else j + 1
+    if sql.startswith("/*", i):
+        j = sql.find("*/", i + 2)
+        return n if j < 0 else j + 2
+    c = sql[i]
+    if c not in "'\"`[":
+        return None
+    close = "]" if c == "[" else c
+    j = i + 1
+    while True:
+        j = sql.find(close, j)
+        if j < 0 or close == "]" or not sql.startswith(close * 2, j):
+            break
+        j += 2
+    return n if j < 0 else j + 1
+
+
 def _tokens(sql: str):
     """Yield (depth, WORD) for bare words; skip strings, quoted names and comments."""
     i, n, depth = 0, len(sql), 0
@@ -27,16 +51,8 @@ def _tokens(sql: str):
         c = sql[i]
         if c.isspace():
             i += 1
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        elif c in "'\"`[":
-            close = "]" if c == "[" else c
-            j = sql.find(close, i + 1)
-            i = n if j < 0 else j + 1
+        elif (after := skip_opaque(sql, i)) is not None:
+            i = after
         elif c == "(":
             depth += 1
             i += 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from dosql.statements import skip_opaque
+
 _NAME = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
 
@@ -20,21 +22,8 @@ def _scan(text: str) -> tuple[list[int], bool]:
     i, n = 0, len(text)
     while i < n:
         c = text[i]
-        if text.startswith("--", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j + 1
-        elif text.startswith("/*", i):
-            j = text.find("*/", i + 2)
-            i = n if j < 0 else j + 2
-        elif c in "'\"`[":
-            close = "]" if c == "[" else c
-            j = i + 1
-            while True:  # '' inside a string is an escaped quote: keep going
-                j = text.find(close, j)
-                if j < 0 or close == "]" or not text.startswith(close * 2, j):
-                    break
-                j += 2
-            i = n if j < 0 else j + 1
+        if (after := skip_opaque(text, i)) is not None:
+            i = after
         elif c == ";":
             ends.append(i)
             i += 1

@@ -175,6 +175,8 @@ def test_type_codes_from_decltypes_and_values() -> None:
         ("ROLLBACK TRANSACTION TO SAVEPOINT sp", "other"),
         ("SAVEPOINT sp", "savepoint"),
         ("PRAGMA table_info(t)", "other"),
+        ("WITH x AS (SELECT 'it''s (') INSERT INTO t SELECT * FROM x", "dml"),
+        ('WITH "a""(" AS (SELECT 1) SELECT * FROM "a""("', "select"),
         ("", "other"),
     ],
 )
