@@ -65,6 +65,8 @@ SETTINGS: tuple[Setting, ...] = (
     # two-phase commit for transactions that wrote on several shards (router/twophase.py);
     # false: commit them shard after shard, best effort (a kill can leave one half-applied)
     _s("router", "atomic_commit", "DOSQL_ATOMIC_COMMIT", True, "bool"),
+    # how often the resolver looks for prepared transactions that lost their router
+    _s("router", "resolver_interval_ms", "DOSQL_RESOLVER_INTERVAL_MS", 1000, minimum=10),
     # Address clients use to reach the router (written by the launcher into
     # cluster.toml, read by the CLI when it runs beside the data directory).
     _s("router", "url", "DOSQL_URL", "", "str"),
@@ -149,6 +151,7 @@ class RouterConfig:
     plan_cache_size: int
     sequence_block: int = 1000
     atomic_commit: bool = True
+    resolver_interval_ms: int = 1000
     query_memory_mb: int = 512
     slow_query_ms: int = 100
     url: str = ""

@@ -26,6 +26,7 @@ the same way, over all shards: committed, aborted, or in_doubt.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,18 @@ if TYPE_CHECKING:
     from dosql.router.pool import ShardPool
 
 log = logging.getLogger(__name__)
+
+
+async def _decide(pool: ShardPool, gtid: str, commit: tuple[int, list[str]] | None) -> None:
+    """Abort (``commit`` None) or commit a prepared ``gtid`` on one shard; both idempotent."""
+    if commit is None:
+        make: Any = lambda rid: protocol.AbortPrepared(id=rid, gtid=gtid)  # noqa: E731
+    else:
+        ts, parts = commit
+        make = lambda rid: protocol.CommitPrepared(  # noqa: E731
+            id=rid, gtid=gtid, commit_ts=ts, parts=parts
+        )
+    await call_fresh(pool, make)
 
 
 async def tx_status(pool: ShardPool, gtid: str) -> dict[str, Any]:
@@ -63,11 +76,12 @@ class Resolver:
 
     async def run(self) -> None:
         while True:
+            # first wait: a router that just lost its connections retries before we decide
+            await trio.sleep(self.interval_s)
             try:
                 await self.pass_once()
             except Exception:  # never let one bad pass stop the resolver
                 log.exception("resolver pass failed")
-            await trio.sleep(self.interval_s)
 
     async def pass_once(self) -> None:
         seen: dict[tuple[str, str], dict[str, Any]] = {}
@@ -123,15 +137,7 @@ class Resolver:
         return "no candidate decided it"  # unreachable: the orphan itself is prepared
 
     async def decide(self, sid: str, gtid: str, commit: tuple[int, list[str]] | None) -> None:
-        pool = self.pools[sid]
-        if commit is None:
-            make: Any = lambda rid: protocol.AbortPrepared(id=rid, gtid=gtid)  # noqa: E731
-        else:
-            ts, parts = commit
-            make = lambda rid: protocol.CommitPrepared(  # noqa: E731
-                id=rid, gtid=gtid, commit_ts=ts, parts=parts
-            )
-        await call_fresh(pool, make)
+        await _decide(self.pools[sid], gtid, commit)
 
     # ------------------------------------------------------------------ observability
 
@@ -152,27 +158,53 @@ class Resolver:
         }
 
 
-async def transaction_status(pools: dict[str, ShardPool], gtid: str) -> str:
+async def transaction_status(
+    pools: dict[str, ShardPool], gtid: str, *, settle_s: float = 5.0
+) -> str:
     """``committed`` / ``aborted`` / ``in_doubt`` for ``gtid``, asking (and fencing) every shard.
 
     Fencing makes "aborted" final: a shard that had not seen the gtid will
     refuse it from now on. A shard that cannot be asked leaves the answer
     in doubt unless another one already says committed.
+
+    "committed" is answered once every reachable participant has applied
+    the commit, so that a read right after it sees the whole transaction:
+    a part still prepared and orphaned (its router died after the decision)
+    is committed here with the decider's ``commit_ts`` and ``parts``, as the
+    resolver would a moment later; a part whose router is still completing
+    it is waited for, up to ``settle_s``.
     """
-    states: dict[str, str] = {}
+    deadline = trio.current_time() + settle_s
+    while True:
+        infos = await _ask_every_shard(pools, gtid)
+        states = {str(info.get("state")) for info in infos.values()}
+        decided = next((i for i in infos.values() if i.get("state") == "committed"), None)
+        if decided is None:
+            return "aborted" if states <= {"aborted"} else "in_doubt"
+        parts = [sid for sid, info in infos.items() if info.get("state") == "prepared"]
+        if not parts:
+            return "committed"
+        commit = (int(decided["commit_ts"]), list(decided["parts"]))
+        for sid in parts:
+            if infos[sid].get("orphaned"):
+                with contextlib.suppress(DoSQLError):  # asked again on the next round
+                    await _decide(pools[sid], gtid, commit)
+        if trio.current_time() >= deadline:
+            return "committed"  # the decision is durable; a part commits through the resolver
+        await trio.sleep(0.05)
+
+
+async def _ask_every_shard(pools: dict[str, ShardPool], gtid: str) -> dict[str, dict[str, Any]]:
+    """``TxStatus(gtid, fence=True)`` on every shard at once; an unreachable one: state unreachable."""
+    infos: dict[str, dict[str, Any]] = {}
 
     async def one(sid: str, pool: ShardPool) -> None:
         try:
-            states[sid] = str((await tx_status(pool, gtid)).get("state"))
+            infos[sid] = await tx_status(pool, gtid)
         except DoSQLError:
-            states[sid] = "unreachable"
+            infos[sid] = {"state": "unreachable"}
 
     async with trio.open_nursery() as nursery:
         for sid, pool in pools.items():
             nursery.start_soon(one, sid, pool)
-    values = set(states.values())
-    if "committed" in values:
-        return "committed"
-    if values <= {"aborted"}:
-        return "aborted"
-    return "in_doubt"
+    return infos

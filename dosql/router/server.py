@@ -163,7 +163,10 @@ class Router:
             self.executor.query_memory_bytes = self.config.router.query_memory_mb << 20
             self.executor.lake = open_lake(self.config, self.token)
             self.metrics.watch(pools)
-            self.resolver = Resolver(pools)  # prepared transactions left without a router
+            # prepared transactions left without a router
+            self.resolver = Resolver(
+                pools, interval_s=self.config.router.resolver_interval_ms / 1e3
+            )
             self.metrics.watch_transactions(self.resolver.counts, ["prepared", "in_doubt"])
             nursery.start_soon(self.resolver.run)
             nursery.start_soon(self._watch_metadata)
