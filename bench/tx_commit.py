@@ -24,7 +24,7 @@ client and with ``CLIENTS`` client threads (their shards at random, always
 taken in VSchema order, so they queue on the shards' write locks but never
 deadlock); and the shards' own mean service time of ``Prepare`` /
 ``CommitPrepared`` (atomic) and ``Commit`` (best effort), from their
-``dosql_query_duration_ms`` histograms over each latency run.
+``dosql_query_duration_seconds`` histograms over each latency run.
 
 Size: ``DOSQL_BENCH_TX_SCALE`` (default 1) multiplies the transactions per
 latency run and the seconds per throughput run; ``--runs`` adds runs.
@@ -55,7 +55,7 @@ CHUNK = 2  # transactions on one cluster before the latency run turns to the oth
 ENV = {"atomic": {"DOSQL_ATOMIC_COMMIT": "true"}, "best_effort": {"DOSQL_ATOMIC_COMMIT": "false"}}
 # shard requests whose service time is reported, and their names in the figures
 OPS = {"Prepare": "prepare", "CommitPrepared": "commit_prepared", "Commit": "commit"}
-_METRIC = re.compile(r'^dosql_query_duration_ms_(sum|count)\{op="(\w+)"\} (\S+)$', re.M)
+_METRIC = re.compile(r'^dosql_query_duration_seconds_(sum|count)\{op="(\w+)"\} (\S+)$', re.M)
 
 
 class Client:
@@ -109,7 +109,7 @@ def _shard_ops(shard_urls: dict[str, str]) -> dict[str, tuple[float, float]]:
             text = r.read().decode()
         for kind, op, value in _METRIC.findall(text):
             acc = out.setdefault(op, [0.0, 0.0])
-            acc[0 if kind == "sum" else 1] += float(value)
+            acc[0 if kind == "sum" else 1] += float(value) * (1000 if kind == "sum" else 1)
     return {op: (s, n) for op, (s, n) in out.items()}
 
 

@@ -1,8 +1,26 @@
-"""Prometheus metrics of the lake writer (names from the operations guide)."""
+"""Prometheus metrics of the lake writer, in base units (``docs/metrics.md``).
+
+The operations guide's alerts read ``dolake_buffer_event_count``,
+``dolake_flush_duration_ms``, ``dolake_parquet_file_size`` and
+``dolake_snapshot_lag_ms``: those names are kept as aliases of the conventional
+series (:mod:`dosql.prom`), computed from them when scraped.
+"""
 
 from __future__ import annotations
 
+from typing import get_args, get_type_hints
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from dosql import protocol
+from dosql.errors import CODES, CDCError, ValidationError
+from dosql.prom import JOB_BUCKETS, Alias, init_labels, ms_alias
+
+# ``dolake_batch_nacks_total{reason}``: the reasons a BatchNack can carry.
+NACK_REASONS: tuple[str, ...] = get_args(get_type_hints(protocol.BatchNack)["reason"])
+# ``dolake_cdc_errors_total{code}``: the CDC port refuses bad input with validation or
+# CDC error codes.
+CDC_ERROR_CODES = tuple(c for c, cls in CODES.items() if cls in (ValidationError, CDCError))
 
 
 class Metrics:
@@ -13,25 +31,49 @@ class Metrics:
             "dolake_buffer_size_bytes", "CDC bytes buffered, not yet committed", registry=r
         )
         self.buffer_events = Gauge(
-            "dolake_buffer_event_count", "CDC events buffered, not yet committed", registry=r
+            "dolake_buffer_events", "CDC events buffered, not yet committed", registry=r
+        )
+        Alias(
+            r,
+            self.buffer_events,
+            "dolake_buffer_event_count",
+            documentation="Operations guide name of dolake_buffer_events",
         )
         self.flush_duration = Histogram(
-            "dolake_flush_duration_ms",
-            "Duration of one flush (all tables) in milliseconds",
-            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            "dolake_flush_duration_seconds",
+            "Duration of one flush (all tables)",
+            buckets=JOB_BUCKETS,
             registry=r,
         )
+        ms_alias(
+            r,
+            self.flush_duration,
+            "dolake_flush_duration_ms",
+            "Operations guide name of dolake_flush_duration_seconds, in milliseconds",
+        )
         self.parquet_file_size = Histogram(
-            "dolake_parquet_file_size",
-            "Size of the Parquet data files written, in bytes",
+            "dolake_parquet_file_size_bytes",
+            "Size of the Parquet data files written",
             buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
             registry=r,
+        )
+        Alias(
+            r,
+            self.parquet_file_size,
+            "dolake_parquet_file_size",
+            documentation="Operations guide name of dolake_parquet_file_size_bytes",
         )
         self.connected = Gauge(
             "dolake_connected_sources", "Shards connected on the CDC port", registry=r
         )
         self.snapshot_lag = Gauge(
-            "dolake_snapshot_lag_ms", "Milliseconds since the last Iceberg commit", registry=r
+            "dolake_snapshot_lag_seconds", "Time since the last Iceberg commit", registry=r
+        )
+        ms_alias(
+            r,
+            self.snapshot_lag,
+            "dolake_snapshot_lag_ms",
+            "Operations guide name of dolake_snapshot_lag_seconds, in milliseconds",
         )
         self.source_lag_lsn = Gauge(
             "dolake_source_lag_lsn",
@@ -39,8 +81,8 @@ class Metrics:
             ["shard"],
             registry=r,
         )
-        self.source_lag_ms = Gauge(
-            "dolake_source_lag_ms",
+        self.source_lag = Gauge(
+            "dolake_source_lag_seconds",
             "Age of the oldest uncommitted change, per source shard",
             ["shard"],
             registry=r,
@@ -86,15 +128,15 @@ class Metrics:
             registry=r,
         )
         self.expire_duration = Histogram(
-            "dolake_expire_duration_ms",
-            "Duration of one snapshot expiry run (all tables) in milliseconds",
-            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            "dolake_expire_duration_seconds",
+            "Duration of one snapshot expiry run (all tables)",
+            buckets=JOB_BUCKETS,
             registry=r,
         )
         self.table_avg_file_size = Gauge(
             "dolake_table_avg_file_size_bytes",
             "Average size of the live data and delete files, per table "
-            "(the sizes written: dolake_parquet_file_size)",
+            "(the sizes written: dolake_parquet_file_size_bytes)",
             ["table"],
             registry=r,
         )
@@ -105,8 +147,8 @@ class Metrics:
             registry=r,
         )
         self.table_last_compaction_duration = Gauge(
-            "dolake_table_last_compaction_duration_ms",
-            "Duration of the newest compaction kept, in milliseconds, per table",
+            "dolake_table_last_compaction_duration_seconds",
+            "Duration of the newest compaction kept, per table",
             ["table"],
             registry=r,
         )
@@ -119,9 +161,9 @@ class Metrics:
             registry=r,
         )
         self.compaction_duration = Histogram(
-            "dolake_compaction_duration_ms",
-            "Duration of one table's compaction in milliseconds",
-            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+            "dolake_compaction_duration_seconds",
+            "Duration of one table's compaction",
+            buckets=JOB_BUCKETS,
             registry=r,
         )
         self.orphan_files = Counter(
@@ -132,3 +174,5 @@ class Metrics:
         self.maintenance_errors = Counter(
             "dolake_maintenance_errors", "Background maintenance runs that failed", registry=r
         )
+        init_labels(self.nacks, NACK_REASONS)
+        init_labels(self.cdc_errors, CDC_ERROR_CODES)

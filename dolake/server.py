@@ -214,7 +214,7 @@ class LakeServer:
             committed = await self._advance(cut)
             elapsed = (time.perf_counter() - start) * 1000
             if taken:
-                self.metrics.flush_duration.observe(elapsed)
+                self.metrics.flush_duration.observe(elapsed / 1000)
                 if any(r.error is None for r in results.values()):
                     self.last_commit_at = time.time()
             self.update_gauges()
@@ -276,7 +276,7 @@ class LakeServer:
                 )
                 self.metrics.expired_snapshots.inc(expired)
                 self.metrics.expired_files.inc(deleted)
-                self.metrics.expire_duration.observe(elapsed)
+                self.metrics.expire_duration.observe(elapsed / 1000)
                 self.last_expiry = info
             self.update_gauges()
             return info
@@ -326,7 +326,7 @@ class LakeServer:
                     m.compaction_files.inc(
                         side["data_files_rewritten"] + side["delete_files_rewritten"]
                     )
-                    m.compaction_duration.observe(side.get("duration_ms", 0))
+                    m.compaction_duration.observe(side.get("duration_ms", 0) / 1000)
                     for size in side.get("file_sizes", ()):
                         m.parquet_file_size.observe(size)
             self.last_compaction = info
@@ -584,11 +584,11 @@ class LakeServer:
         m.connected.set(sum(1 for s in self.sources.values() if s.session is not None))
         now = time.time()
         if self.last_commit_at is not None:
-            m.snapshot_lag.set((now - self.last_commit_at) * 1000)
+            m.snapshot_lag.set(now - self.last_commit_at)
         for s in self.sources.values():
             m.source_lag_lsn.labels(s.shard).set(s.received - s.committed)
-            lag = (now - s.oldest_pending_at) * 1000 if s.oldest_pending_at else 0
-            m.source_lag_ms.labels(s.shard).set(lag)
+            lag = now - s.oldest_pending_at if s.oldest_pending_at else 0
+            m.source_lag.labels(s.shard).set(lag)
         for name, sides in self.writer.stats().items():
             for side, st in sides.items():
                 ident = name if side == "mirror" else f"{name}__changelog"
@@ -599,7 +599,7 @@ class LakeServer:
                 last = st["last_compaction_ms"]
                 m.table_last_compaction.labels(ident).set(last / 1000 if last else 0)
                 m.table_last_compaction_duration.labels(ident).set(
-                    st["last_compaction_duration_ms"] or 0
+                    (st["last_compaction_duration_ms"] or 0) / 1000
                 )
                 oldest = st["oldest_snapshot_ms"]
                 m.table_oldest_snapshot.labels(ident).set(oldest / 1000 if oldest else 0)

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +120,7 @@ class ShardConnection:
             exc.details["lost"] = True
             raise exc from None
         finally:
-            self.pool.observe((time.perf_counter() - started) * 1000)
+            self.pool.observe(time.perf_counter() - started)
             if not settled and not self.broken:
                 self.broken = True
         return result
@@ -171,12 +172,18 @@ class ShardPool:
         self.last_error: str | None = None
         self.down_until = 0.0
         self.backoff = BACKOFF_MIN
-        self.latencies: deque[float] = deque(maxlen=1000)
+        self.latencies: deque[float] = deque(maxlen=1000)  # seconds, newest last
+        # set by RouterMetrics.watch: the per-shard request-duration histogram
+        self.on_latency: Callable[[float], None] | None = None
 
-    def observe(self, ms: float) -> None:
-        self.latencies.append(ms)
+    def observe(self, seconds: float) -> None:
+        """One request's time, kept for /status's p99 and fed to the histogram."""
+        self.latencies.append(seconds)
+        if self.on_latency is not None:
+            self.on_latency(seconds)
 
     def p99(self) -> float:
+        """p99 of the last 1000 requests, in seconds."""
         if not self.latencies:
             return 0.0
         values = sorted(self.latencies)
@@ -289,7 +296,7 @@ class ShardPool:
             "healthy": self.healthy,
             "last_error": self.last_error,
             "connections": {"idle": len(self.idle), "in_use": self.in_use},
-            "latency_p99_ms": round(self.p99(), 3),
+            "latency_p99_ms": round(self.p99() * 1000, 3),
         }
 
     async def aclose(self) -> None:

@@ -313,8 +313,9 @@ class Router:
             self.metrics.errors.labels(err.code).inc()
             await self.send(ws, protocol.Error.from_exception(rid, err))
         finally:
-            took_ms = (time.perf_counter() - started) * 1e3
-            self.metrics.query_duration.labels(kind).observe(took_ms)
+            took = time.perf_counter() - started
+            took_ms = took * 1e3
+            self.metrics.query_duration.labels(kind).observe(took)
             self.metrics.queries.labels(kind).inc()
             if took_ms > self.config.router.slow_query_ms:
                 self.metrics.slow_queries.inc()

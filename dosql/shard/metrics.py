@@ -1,9 +1,11 @@
-"""Prometheus metrics of one shard process (names from the operations guide).
+"""Prometheus metrics of one shard process, in base units (``docs/metrics.md``).
 
-``dosql_wal_segment_count`` is the size of the SQLite WAL file divided by
+``dosql_wal_segments`` is the size of the SQLite WAL file divided by
 ``shard.wal_segment_size`` (rounded up): how many segment-sized pieces of
 un-checkpointed log the shard is carrying. Gauges that describe files are
-computed at scrape time.
+computed at scrape time. The operations guide's alerts read
+``dosql_query_duration_ms``, ``dosql_wal_segment_count`` and
+``dosql_connection_count``: those names are kept as aliases (:mod:`dosql.prom`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from dosql.errors import CODES
+from dosql.prom import REQUEST_BUCKETS, Alias, init_labels, ms_alias
+
 if TYPE_CHECKING:
     from dosql.shard.executor import Shard
 
-_BUCKETS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+# ``dosql_autocommit_reads_total{path}``: on the event loop, or re-run on a worker thread.
+READ_PATHS = ("inline", "thread")
 
 
 class ShardMetrics:
@@ -25,11 +31,17 @@ class ShardMetrics:
         r = self.registry
         labels = {"shard": shard.shard_id}
         self.query_duration = Histogram(
-            "dosql_query_duration_ms",
-            "Time to serve one request, in milliseconds",
+            "dosql_query_duration_seconds",
+            "Time to serve one request, by request type",
             ["op"],
-            buckets=_BUCKETS,
+            buckets=REQUEST_BUCKETS,
             registry=r,
+        )
+        ms_alias(
+            r,
+            self.query_duration,
+            "dosql_query_duration_ms",
+            "Operations guide name of dosql_query_duration_seconds, in milliseconds",
         )
         self.active_transactions = Gauge(
             "dosql_active_transactions", "Open session transactions", registry=r
@@ -47,17 +59,27 @@ class ShardMetrics:
                     1 for e in list(shard.twophase.entries.values()) if e.orphaned is o
                 )
             )
-        self.connection_count = Gauge(
-            "dosql_connection_count", "Open WebSocket connections", registry=r
+        self.connections = Gauge("dosql_connections", "Open WebSocket connections", registry=r)
+        self.connections.set_function(lambda: shard.sessions)
+        Alias(
+            r,
+            self.connections,
+            "dosql_connection_count",
+            documentation="Operations guide name of dosql_connections",
         )
-        self.connection_count.set_function(lambda: shard.sessions)
         seg = shard.cfg.wal_segment_size
         self.wal_segments = Gauge(
-            "dosql_wal_segment_count",
+            "dosql_wal_segments",
             "WAL file size in units of shard.wal_segment_size (rounded up)",
             registry=r,
         )
         self.wal_segments.set_function(lambda: math.ceil(shard.storage_bytes()[1] / seg))
+        Alias(
+            r,
+            self.wal_segments,
+            "dosql_wal_segment_count",
+            documentation="Operations guide name of dosql_wal_segments",
+        )
         self.storage = Gauge(
             "dosql_storage_used_bytes", "Database plus WAL file size in bytes", registry=r
         )
@@ -74,9 +96,9 @@ class ShardMetrics:
             registry=r,
         )
         self.lock_wait = Histogram(
-            "dosql_write_lock_wait_ms",
-            "Time a writer queued for the shard's write lock, in milliseconds",
-            buckets=(0,) + _BUCKETS,
+            "dosql_write_lock_wait_seconds",
+            "Time a writer queued for the shard's write lock",
+            buckets=(0,) + REQUEST_BUCKETS,
             registry=r,
         )
         shard.writelock.observe = self.lock_wait.observe
@@ -88,6 +110,8 @@ class ShardMetrics:
         self.current_lsn.set_function(shard.changelog.current_lsn)
         self._last_lsn = shard.changelog.current_lsn()
         self.labels = labels
+        init_labels(self.errors, CODES)
+        init_labels(self.reads, READ_PATHS)
 
     def observe_commit(self, lsn: int | None) -> None:
         if lsn is not None and lsn > self._last_lsn:

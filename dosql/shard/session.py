@@ -117,7 +117,7 @@ class Session:
             log.exception("request failed", extra={"op": op})
             await self.send_error(rid, DoSQLError(f"internal error: {exc}", code="INTERNAL"))
         finally:
-            self.metrics.query_duration.labels(op).observe((time.perf_counter() - started) * 1e3)
+            self.metrics.query_duration.labels(op).observe(time.perf_counter() - started)
             logs.trace_id.reset(token)
 
     async def dispatch(self, m: Any) -> None:

@@ -31,7 +31,8 @@ API (trio side, one event loop):
   session is gone, and ``Shard.release(state)`` (or ``lock.release(state)``)
   frees it when the decision is applied. ``lock.holds(owner)`` tells.
 - ``waiting`` (queued writers) and ``holder`` are read by ``/metrics``; each
-  finished wait is reported to the ``observe`` callback in milliseconds.
+  finished wait is reported to the ``observe`` callback in seconds (the
+  ``dosql_write_lock_wait_seconds`` histogram).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class WriteLock:
         self.shard_id = shard_id
         self.holder: object | None = None
         self._queue: deque[_Waiter] = deque()
-        self.observe = observe  # set by ShardMetrics: each wait's milliseconds
+        self.observe = observe  # set by ShardMetrics: each wait, in seconds
 
     @property
     def waiting(self) -> int:
@@ -155,4 +156,4 @@ class WriteLock:
 
     def _done(self, waited_ms: float) -> None:
         if self.observe is not None:
-            self.observe(waited_ms)
+            self.observe(waited_ms / 1000)

@@ -319,7 +319,9 @@ def test_backpressure_buffer_full(tmp_path):
         assert mirror(cat) == w.expected()
         assert changelog_lsns(cat) == {"shard-0": list(range(1, w.lsn + 1))}
         status, body = lake.http("/metrics")
-        assert b'dolake_batch_nacks_total{reason="buffer_full"}' in body
+        # initialised at 0 from startup: not 0 means counted
+        assert b'dolake_batch_nacks_total{reason="buffer_full"} ' in body
+        assert b'dolake_batch_nacks_total{reason="buffer_full"} 0.0' not in body
         cdc.close()
     finally:
         lake.stop()
@@ -496,7 +498,9 @@ def test_bad_input_is_refused_and_nothing_committed(lake):
     status = json.loads(lake.http("/status")[1])
     assert status["sources"]["shard-0"]["received_lsn"] == 1
     _, metrics = lake.http("/metrics")
-    assert b'dolake_cdc_errors_total{code="INVALID_MESSAGE"}' in metrics
+    # initialised at 0 from startup: not 0 means counted
+    assert b'dolake_cdc_errors_total{code="INVALID_MESSAGE"} ' in metrics
+    assert b'dolake_cdc_errors_total{code="INVALID_MESSAGE"} 0.0' not in metrics
     ws.close()
 
 

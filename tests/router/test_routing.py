@@ -310,8 +310,10 @@ def test_observability_endpoints(cluster, client):
     assert all(v["status"] == "ok" for v in deep["shards"].values())
     status, text = http_get(cluster.url, "/metrics")
     for name in (
-        "dosql_query_duration_ms",
+        'dosql_query_duration_seconds_count{kind="read"}',
+        'dosql_query_duration_ms_count{kind="read"}',  # the operations guide's name
         "shard_query_scatter_ratio",
+        'dosql_shard_request_duration_seconds_count{shard="shard-0"}',
         "shard_latency_p99_ms",
         "dosql_errors_total",
         "dosql_plan_cache_parses_total",

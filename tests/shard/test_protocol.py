@@ -376,10 +376,13 @@ def test_http_endpoints(shard: ShardProcess, client: ShardClient) -> None:
     status, body = http_get(shard, "/metrics")
     text = body.decode()
     for name in (
-        "dosql_query_duration_ms_bucket",
+        "dosql_query_duration_seconds_bucket",
+        "dosql_query_duration_ms_bucket",  # the operations guide's names, kept as aliases
         "dosql_active_transactions",
+        "dosql_wal_segments",
         "dosql_wal_segment_count",
         "dosql_storage_used_bytes",
+        "dosql_connections 1.0",
         "dosql_connection_count 1.0",
         'dosql_errors_total{code="SYNTAX_ERROR"} 1.0',
         "dosql_current_lsn 2.0",

@@ -166,7 +166,7 @@ def test_closing_a_session_releases_its_lock_and_metrics_show_waits(shard: Shard
         b.execute("INSERT INTO t VALUES (3, 'b')")
     with urllib.request.urlopen(f"http://127.0.0.1:{shard.port}/metrics", timeout=10) as r:
         metrics = r.read().decode()
-    assert "dosql_write_lock_wait_ms_bucket" in metrics
+    assert "dosql_write_lock_wait_seconds_bucket" in metrics
     assert "dosql_write_lock_waiters 0.0" in metrics
 
 
