@@ -29,6 +29,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# sqllogictest select1-5 through the router, every query (make test scores every 3rd).
+.PHONY: conformance
+conformance: $(STAMP)
+	DOSQL_SLT_EVERY=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/conformance/test_conformance.py
+
 # The pushdown differential fuzzer on a big budget (make test runs it on 300 statements).
 # DOSQL_FUZZ_EXAMPLES: statements to run; DOSQL_FUZZ_SEED: the seed (default: the date).
 .PHONY: fuzz

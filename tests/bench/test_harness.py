@@ -37,9 +37,8 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
             sys.executable,
             "-m",
             "bench",
-            "point_select",
-            "ingest",
-            "tx_commit",
+            "ingest",  # the two quickest (point_select's quick run takes ~30 s more);
+            "tx_commit",  # this one reads the shards' /metrics histograms
             "--quick",
             "--results",
             str(tmp_path),
@@ -50,7 +49,7 @@ def test_quick_run_writes_results(tmp_path: Path) -> None:
         timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for name in ("point_select", "ingest", "tx_commit"):
+    for name in ("ingest", "tx_commit"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["benchmark"] == name
         assert data["figures"] and data["baselines"] and data["ratios"]

@@ -8,6 +8,8 @@ refused with a reason, no wrong answer, at least 99% correct.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conformance import engines, runner, slt
@@ -206,6 +208,9 @@ def test_sqlite_engine_scores_100_percent_on_select1_to_5(capsys) -> None:
 
 
 ROUTER_OK, ROUTER_WHY = engines.router_available()
+# make test scores every 3rd query of select1-5 through the router (all statements run);
+# make conformance scores them all (DOSQL_SLT_EVERY=1; about 2.5 minutes on 2 cores)
+ROUTER_EVERY = max(1, int(os.environ.get("DOSQL_SLT_EVERY", "3")))
 
 
 @needs_files
@@ -215,11 +220,13 @@ ROUTER_OK, ROUTER_WHY = engines.router_available()
 @pytest.mark.timeout(900)
 def test_router_engine_on_select1_to_5_is_never_wrong_and_99_percent_correct(capsys) -> None:
     with engines.router_engine(shards=4) as engine:
-        results = runner.run_files(engine, FILES)
-    totals = runner.total_counts(results)
-    _print_report(results, "router (4 shards, every table sharded)", capsys)
+        results = runner.run_files(engine, FILES, every=ROUTER_EVERY)
+    totals = runner.total_counts(results, "query")
+    label = f"1 query in {ROUTER_EVERY}" if ROUTER_EVERY > 1 else "every query"
+    _print_report(results, f"router (4 shards, every table sharded; {label})", capsys)
     text = runner.report(results, engine="router", show=10)
-    assert totals["total"] > 10_000
+    assert totals["total"] > 8_800 // ROUTER_EVERY
+    totals = runner.total_counts(results)
     assert totals["wrong"] == 0, text
     assert totals["correct"] >= 0.99 * totals["total"], text
 
