@@ -22,6 +22,7 @@ problem):
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 OK = 0
@@ -53,3 +54,11 @@ def for_error(exc: BaseException, *, connecting: bool = False) -> int:
     if code == "TIMEOUT" and isinstance(details, dict) and "url" in details:
         return CONNECTION_ERROR  # the client's socket went silent: the connection is gone
     return SQL_ERROR
+
+
+def interruptible() -> None:
+    """Make Ctrl-C raise KeyboardInterrupt (then exit 130) even when started with SIGINT
+    ignored: Python keeps an inherited SIG_IGN (a background job of a script, some CI
+    runners), and a shell or a tail that Ctrl-C cannot stop is no use on a terminal."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+

@@ -141,6 +141,7 @@ def _interactive_reader() -> Callable[[str], str | None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    exitcodes.interruptible()
     try:
         params = parameters(args)
     except _Usage as exc:

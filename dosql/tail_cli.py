@@ -81,6 +81,7 @@ def _start(value: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
+    exitcodes.interruptible()
     if args.snapshot and args.start != "latest":
         print("dosql tail: --snapshot starts at the snapshot; drop --from", file=sys.stderr)
         return exitcodes.USAGE_ERROR

@@ -23,6 +23,7 @@ import pytest
 import dosql
 from dolake import readers
 from dosql.cluster import LocalCluster
+from tests.faultkit import readable, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart" / "dosql.toml"
@@ -169,6 +170,8 @@ def test_workload_through_router_lands_exactly_in_iceberg(cluster: LocalCluster)
         shard = next(iter(cluster.shard_urls))
         cluster.kill_shard(shard)
         cluster.start_shard(shard)
+        # the router backs off a shard it saw down (fails fast): wait until it is back
+        wait_for(lambda: readable(cluster, TABLES), 30, "the router to reach the shard again")
         _workload(conn, rng, start_id=3000, n=40)
         _assert_lake_exact(cluster, conn)
     finally:
