@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -70,7 +70,6 @@ class StreamStatus:
     state: str = "connecting"  # connecting | streaming | refused | stopped
     committed_lsn: int | None = None  # the lake's, from the last welcome
     refused: dict[str, Any] | None = None  # code, message, at (UTC seconds), attempts
-    details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state, "committed_lsn": self.committed_lsn, "refused": self.refused}

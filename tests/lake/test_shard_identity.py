@@ -5,12 +5,14 @@ shard is killed (-9); a normal restart keeps streaming exactly as before; a
 restart on a deleted database (a new incarnation at LSN 0) is refused with
 ``SHARD_IDENTITY_MISMATCH``: the lake's ``/status`` and ``/health/deep`` name
 the shard, the shard's ``/status`` and ``/health/deep`` say it is refused,
-its new rows do not reach the mirror, and it purges nothing.
+its new rows do not reach the mirror, and it purges nothing. Restoring the
+database from a backup is welcomed again.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -114,7 +116,10 @@ def test_a_normal_restart_keeps_streaming_and_a_lost_database_is_refused(
 
         # kill -9, lose the database (and its WAL, SHM, two-phase sidecars), restart
         shard.kill()
+        backup = tmp_path / "backup"
+        backup.mkdir()
         for path in tmp_path.glob("shard-0.db*"):
+            shutil.copy2(path, backup / path.name)
             path.unlink()
         shard.start()
         shard.sql("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
@@ -152,5 +157,19 @@ def test_a_normal_restart_keeps_streaming_and_a_lost_database_is_refused(
         assert st["oldest_lsn"] == 1 and st["current_lsn"] >= 100
         assert "SHARD REFUSED" in (tmp_path / "lake.log").read_text()
         assert "CDC REFUSED" in (tmp_path / "shard-0.log").read_text()
+
+        # the way back: restore the database from its backup; the lake welcomes it again
+        shard.kill()
+        for path in tmp_path.glob("shard-0.db*"):
+            path.unlink()
+        for path in backup.iterdir():
+            shutil.copy2(path, tmp_path / path.name)
+        shard.start()
+        _insert(shard, 50, 10)
+        settle(lake, [shard])
+        assert _mirror_ids(lake) == list(range(60))
+        _, ls = _http(lake.port, "/status")
+        assert ls["sources"]["shard-0"]["refused"] is None and ls["status"] == "ok"
+        assert _http(lake.port, "/health/deep")[0] == 200
     finally:
         shard.kill()
