@@ -18,7 +18,10 @@ A batch is validated completely before any of it is buffered, so nothing
 from a refused batch ever reaches Iceberg. Changes the lake already holds
 (``lsn <= received``: a resend after a reconnect) are acknowledged and
 skipped. Garbage frames get an :class:`Error` with a code; the session and
-the process go on.
+the process go on. A hello from a shard database that is not the one the lake
+followed (another incarnation, or an LSN that went back: dolake/identity.py)
+is answered with an :class:`Error` (``SHARD_IDENTITY_MISMATCH`` /
+``SHARD_LSN_BEHIND``) instead of the welcome.
 """
 
 from __future__ import annotations
@@ -108,6 +111,12 @@ class Session:
                     code="UNKNOWN_SOURCE",
                 )
             )
+            return
+        refusal = await self.lake.admit(msg)
+        if refusal is not None:
+            # no welcome, no Committed (self.shard stays unset): the shard purges nothing
+            self.lake.metrics.cdc_errors.labels(refusal.code).inc()
+            await self.send(protocol.Error.from_exception(None, refusal))
             return
         self.shard = msg.shard
         source = await self.lake.attach(self, msg)

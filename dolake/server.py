@@ -19,7 +19,7 @@ import trio
 from websockets.exceptions import ConnectionClosed
 from websockets.trio.server import ServerConnection
 
-from dolake import compaction, distributed, maintenance
+from dolake import compaction, distributed, identity, maintenance
 from dolake.buffer import Buffers
 from dolake.catalog import catalog_properties, open_catalog
 from dolake.ingest import Session
@@ -29,7 +29,7 @@ from dolake.subscribe import SubscribeContext, handle_subscriber
 from dolake.writer import TableFlush, Writer
 from dosql import protocol
 from dosql.config import Config
-from dosql.errors import AuthorizationError, DoSQLError, StorageError, ValidationError
+from dosql.errors import AuthorizationError, CDCError, DoSQLError, StorageError, ValidationError
 from dosql.service import Service
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ class Source:
     oldest_pending_at: float | None = None
     current_lsn: int = 0
     oldest_lsn: int = 0
+    incarnation: str = ""  # the shard database the watermark belongs to (dolake/identity.py)
+    refused: dict[str, Any] | None = None  # why its last hello was refused: code, message, at
 
 
 class LakeServer:
@@ -104,6 +106,8 @@ class LakeServer:
             self.sources[shard] = Source(shard, committed=lsn, received=lsn)
         for shard, ts in self.writer.safe_ts().items():
             self.sources.setdefault(shard, Source(shard)).safe_ts = ts
+        for shard, incarnation in self.writer.incarnations().items():
+            self.sources.setdefault(shard, Source(shard)).incarnation = incarnation
         # distributed transactions (dolake/distributed.py): parts committed by this
         # process whose gtid still has buffered changes, and the shards a held-back
         # transaction waits for (their batches are taken even when the buffer is full)
@@ -139,6 +143,37 @@ class LakeServer:
         self.update_gauges()
         log.info("shard connected", extra={**_x(hello.shard), "committed_lsn": source.committed})
         return source
+
+    async def admit(self, hello: protocol.CDCHello) -> CDCError | None:
+        """Judge a hello against the shard's recorded identity (dolake/identity.py):
+        the refusal to send, or None after recording a newly adopted incarnation."""
+        source = self.sources.setdefault(hello.shard, Source(hello.shard))
+        verdict = identity.judge(
+            hello, known=source.incarnation, committed=source.committed, received=source.received
+        )
+        if verdict.error is not None:
+            exc = verdict.error
+            source.refused = {"code": exc.code, "message": exc.message, "at": time.time()}
+            source.current_lsn, source.oldest_lsn = hello.current_lsn, hello.oldest_lsn
+            log.error(
+                "SHARD REFUSED: its database is not the one the lake followed; not resuming, "
+                "nothing will be purged",
+                extra={**_x(hello.shard), "code": exc.code, "error": exc.message},
+            )
+            return exc
+        if verdict.adopt:
+            await trio.to_thread.run_sync(
+                self.writer.save_incarnation, hello.shard, hello.incarnation
+            )
+            if verdict.replaced:
+                log.warning(
+                    "shard came back as a new database; nothing of the old one is in the lake, "
+                    "following the new one",
+                    extra={**_x(hello.shard), "old": verdict.replaced, "new": hello.incarnation},
+                )
+            source.incarnation = hello.incarnation
+        source.refused = None
+        return None
 
     def detach(self, session: Session) -> None:
         if session.shard and self.sources.get(session.shard):
@@ -625,7 +660,7 @@ class LakeServer:
             }
         props = catalog_properties(self.config, self.data_dir)
         return {
-            "status": "degraded" if self.table_errors else "ok",
+            "status": "degraded" if self.table_errors or self.refused() else "ok",
             "catalog": {"name": self.config.catalog_name, "uri": props["uri"]},
             "warehouse": props["warehouse"],
             "namespace": self.config.namespace,
@@ -639,6 +674,9 @@ class LakeServer:
                     "current_lsn": s.current_lsn,
                     "oldest_lsn": s.oldest_lsn,
                     "last_batch_at": s.last_batch_at,
+                    "incarnation": s.incarnation or None,
+                    # set while the shard is refused (SHARD_IDENTITY_MISMATCH / _LSN_BEHIND)
+                    "refused": s.refused,
                 }
                 for s in self.sources.values()
             },
@@ -669,7 +707,15 @@ class LakeServer:
                 await trio.to_thread.run_sync(self.writer.ping)
         except Exception as exc:
             return {"status": "error", "catalog": f"unreachable: {exc}"}
+        refused = self.refused()
+        if refused:
+            # the lake works, but these shards' changes reach it no more: an operator must act
+            return {"status": "degraded", "catalog": "ok", "refused_shards": refused}
         return {"status": "ok", "catalog": "ok"}
+
+    def refused(self) -> dict[str, dict[str, Any]]:
+        """Shards whose last hello was refused (identity or LSN went backwards)."""
+        return {s.shard: dict(s.refused) for s in self.sources.values() if s.refused}
 
     # ------------------------------------------------------------------ run
 

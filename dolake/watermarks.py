@@ -12,6 +12,10 @@
   change of the shard committed before that time is in the lake. A held-back
   distributed transaction whose part on that shard is older is not waiting
   for it (see dolake/distributed.py).
+- Per shard, globally: ``dosql.incarnation.<shard>``: the incarnation id of the
+  shard database the committed watermark belongs to (dosql/shard/identity.py).
+  A hello from another incarnation is refused (dolake/identity.py): those LSNs
+  are not the ones the watermark counts.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pyiceberg.table import Table
 PREFIX = "dosql.watermark."
 COMMITTED = "dosql.committed."
 SAFE_TS = "dosql.safe_ts."
+INCARNATION = "dosql.incarnation."
 
 
 def of_table(table: Table) -> dict[str, int]:
@@ -58,3 +63,13 @@ def save_committed(
     updates.update({f"{SAFE_TS}{s}": str(v) for s, v in (safe_ts or {}).items()})
     if updates:
         catalog.update_namespace_properties(namespace, updates=updates)
+
+
+def load_incarnations(catalog: Catalog, namespace: str) -> dict[str, str]:
+    props = catalog.load_namespace_properties(namespace)
+    return {k[len(INCARNATION) :]: v for k, v in props.items() if k.startswith(INCARNATION)}
+
+
+def save_incarnation(catalog: Catalog, namespace: str, shard: str, incarnation: str) -> None:
+    """Record which database of ``shard`` the lake follows (before welcoming it)."""
+    catalog.update_namespace_properties(namespace, updates={f"{INCARNATION}{shard}": incarnation})

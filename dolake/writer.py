@@ -268,6 +268,12 @@ class Writer:
     def safe_ts(self) -> dict[str, int]:
         return watermarks.load_safe_ts(self.catalog, self.namespace)
 
+    def incarnations(self) -> dict[str, str]:
+        return watermarks.load_incarnations(self.catalog, self.namespace)
+
+    def save_incarnation(self, shard: str, incarnation: str) -> None:
+        watermarks.save_incarnation(self.catalog, self.namespace, shard, incarnation)
+
     def ping(self) -> None:
         self.catalog.list_tables(self.namespace)
 

@@ -181,6 +181,7 @@ CODES: dict[str, type[DoSQLError]] = {
     "READ_ONLY": AuthorizationError,
     "INVALID_CONFIG": ConfigurationError,
     "MISSING_CONFIG": ConfigurationError,
+    "SHARD_ID_MISMATCH": ConfigurationError,  # a database opened as another shard
     "RPC_ERROR": RPCError,
     "RPC_UNAVAILABLE": RPCError,
     "SHARD_UNAVAILABLE": RPCError,
@@ -193,6 +194,9 @@ CODES: dict[str, type[DoSQLError]] = {
     "LAKE_BEHIND": CDCError,
     "SUBSCRIBER_TOO_SLOW": CDCError,
     "HISTORY_UNAVAILABLE": CDCError,
+    # a shard database that is not the one the lake (or a subscriber) followed
+    "SHARD_IDENTITY_MISMATCH": CDCError,
+    "SHARD_LSN_BEHIND": CDCError,
     "TRANSACTION_ABORTED": TransactionAbortedError,
     "COMMIT_OUTCOME_UNKNOWN": CommitOutcomeUnknownError,
 }

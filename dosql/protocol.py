@@ -275,6 +275,9 @@ class CDCHello(Message, tag="cdc_hello"):
     current_lsn: int = 0
     oldest_lsn: int = 0
     token: str | None = None
+    # The shard database's incarnation id (dosql/shard/identity.py); "" from a peer
+    # that predates identities (then the lake cannot tell a recreated database).
+    incarnation: str = ""
 
 
 class CDCWelcome(Message, tag="cdc_welcome"):

@@ -316,8 +316,16 @@ class Session:
             vector = {sid: start.vector.get(sid, 0) for sid in heads}
             for sid, lsn in vector.items():
                 if lsn > heads[sid][0]:
-                    raise position.bad_position(
-                        f"it is ahead of shard {sid} (position {lsn}, shard at {heads[sid][0]})"
+                    # never wait silently for LSNs the shard's database may never reach
+                    raise CDCError(
+                        f"the position is ahead of shard {sid} (position {lsn}, shard at LSN "
+                        f"{heads[sid][0]}): the position is not from this cluster, or the "
+                        "shard's database went back (lost and recreated, or restored from an "
+                        "older backup) and the changes after its LSN are not the ones you "
+                        "were given. Restore the shard's database, or resubscribe from "
+                        '"latest" or a timestamp',
+                        code="SHARD_LSN_BEHIND",
+                        details={"shard": sid, "position_lsn": lsn, "shard_lsn": heads[sid][0]},
                     )
             return vector
         assert start.micros is not None

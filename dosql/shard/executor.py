@@ -36,7 +36,7 @@ import trio
 from dosql import protocol
 from dosql.config import ShardConfig
 from dosql.errors import StorageError
-from dosql.shard import capture, redo
+from dosql.shard import capture, identity, redo
 from dosql.shard.changelog import ChangeLog, lsn_bounds
 from dosql.shard.database import TRIGGER_PREFIX, ConnState, open_connection
 from dosql.shard.decltypes import decltypes
@@ -97,7 +97,12 @@ class Shard:
         self.open_transactions = 0
         self.sessions = 0
         admin = self._open()
-        self._startup(admin)
+        self.identity: identity.Identity
+        try:
+            self._startup(admin)
+        except BaseException:  # e.g. another shard's database: leave nothing open
+            admin.conn.close()
+            raise
         self._free.append(admin)
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
@@ -131,6 +136,7 @@ class Shard:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 capture.ensure_internal_tables(conn)
+                self.identity = identity.ensure(conn, self.shard_id, self.path)
                 txid, ts = conn.execute(
                     "SELECT coalesce(max(txid), 0), coalesce(max(commit_ts), 0) FROM _dosql_tx"
                 ).fetchone()

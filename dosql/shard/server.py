@@ -57,12 +57,20 @@ async def serve(
         ) from None
     shard.changelog.bind()
     metrics = ShardMetrics(shard)
+    # the CDC streamer's state (dosql/shard/streamer.py), shown in /status and /health/deep
+    cdc_status: Any = None
+    if lake_url:
+        from dosql.shard.streamer import StreamStatus
+
+        cdc_status = StreamStatus()
 
     def status() -> dict[str, Any]:
         cl = shard.changelog
         db, wal = shard.storage_bytes()
         return {
             "shard": shard_id,
+            # the database's durable identity (dosql/shard/identity.py)
+            "identity": shard.identity.as_dict(),
             "db_path": str(Path(db_path).resolve()),
             "current_lsn": cl.current_lsn(),
             "oldest_lsn": cl.oldest_lsn(),
@@ -72,14 +80,19 @@ async def serve(
             "db_bytes": db,
             "wal_bytes": wal,
             "lake_url": lake_url,
+            "cdc": cdc_status.as_dict() if cdc_status is not None else None,
         }
 
     async def deep_health() -> dict[str, Any]:
         try:
             with trio.fail_after(5):
-                return await trio.to_thread.run_sync(shard.health_check)
+                body = await trio.to_thread.run_sync(shard.health_check)
         except Exception as exc:
             return {"status": "error", "error": str(exc)}
+        if cdc_status is not None and cdc_status.refused:
+            # serving, but its changes reach no lake: an operator has to act
+            body = {**body, "status": "degraded", "cdc": cdc_status.as_dict()}
+        return body
 
     service = Service(
         "shard",
@@ -107,7 +120,7 @@ async def serve(
                 )
                 owner.describe(address=f"ws://{host}:{service.port}")
                 if lake_url:
-                    nursery.start_soon(run_streamer, shard, config, shard_id, lake_url)
+                    nursery.start_soon(run_streamer, shard, config, shard_id, lake_url, cdc_status)
                 async for signum in signals:
                     log.info("shutting down", extra={"signal": signal.Signals(signum).name})
                     nursery.cancel_scope.cancel()
@@ -120,7 +133,9 @@ async def serve(
     return 0
 
 
-async def run_streamer(shard: Shard, config: Config, shard_id: str, lake_url: str) -> None:
+async def run_streamer(
+    shard: Shard, config: Config, shard_id: str, lake_url: str, status: Any = None
+) -> None:
     """Run the lake helper's CDC streamer (imported lazily: only shards with a lake need it).
 
     A streamer failure is logged and never takes the shard down: the change
@@ -136,6 +151,8 @@ async def run_streamer(shard: Shard, config: Config, shard_id: str, lake_url: st
             lake_url=lake_url,
             cdc=config.cdc,
             token=admin_token(config),
+            incarnation=shard.identity.incarnation,
+            status=status,
         )
     except Exception:
         log.exception("CDC streamer stopped; the shard keeps serving", extra={"lake": lake_url})

@@ -17,6 +17,13 @@ lake skips what it already has -- so nothing is lost or duplicated.
   ``CDC_RETRY_DELAY_MS``, doubling with jitter) and resend the same changes;
   never drop. Connection failures back off the same way.
 - ``Committed(lsn)``: ``changelog.release(lsn)`` -- the shard may purge.
+- A hello refused with ``SHARD_IDENTITY_MISMATCH`` / ``SHARD_LSN_BEHIND``: the
+  lake followed another incarnation of this shard's database, or has committed
+  past what this database ever had (it was lost and recreated). Nothing is
+  released (the lake never says Committed, so nothing is purged); the refusal is
+  logged as an error, shown in :class:`StreamStatus` (the shard's ``/status``
+  and ``/health/deep``), and the hello retried with backoff: the operator may
+  restore the database, after which the next hello is welcomed.
 - The lake's watermark below the oldest LSN the shard still has means
   changes were purged that the lake never committed: data loss. That is
   logged as an error and streaming stops rather than skipping the hole.
@@ -26,6 +33,8 @@ from __future__ import annotations
 
 import logging
 import random
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -42,8 +51,28 @@ REPLY_TIMEOUT_S = 120.0
 MAX_BACKOFF_MS = 10_000
 
 
+# Hello refusals: the lake will not follow this database (see dolake/identity.py).
+REFUSALS = frozenset({"SHARD_IDENTITY_MISMATCH", "SHARD_LSN_BEHIND"})
+
+
 class DataLoss(CDCError):
     pass
+
+
+class Refused(CDCError):
+    """The lake refused this shard's hello: its database is not the one the lake followed."""
+
+
+@dataclass
+class StreamStatus:
+    """What the streamer is doing, for the shard's ``/status`` and ``/health/deep``."""
+
+    state: str = "connecting"  # connecting | streaming | refused | stopped
+    committed_lsn: int | None = None  # the lake's, from the last welcome
+    refused: dict[str, Any] | None = None  # code, message, at (UTC seconds), attempts
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "committed_lsn": self.committed_lsn, "refused": self.refused}
 
 
 def backoff_ms(base_ms: int, attempt: int) -> float:
@@ -59,18 +88,36 @@ async def run(
     lake_url: str,
     cdc: CDCConfig,
     token: str | None = None,
+    incarnation: str = "",
+    status: StreamStatus | None = None,
 ) -> None:
     """Stream ``changelog`` to the lake writer until cancelled (or data loss)."""
     url = lake_url.replace("dolake://", "ws://").rstrip("/") + "/cdc"
+    status = status if status is not None else StreamStatus()
     attempt = 0
     while True:
-        streamer = _Stream(changelog, shard_id, url, cdc, token)
+        streamer = _Stream(changelog, shard_id, url, cdc, token, incarnation, status)
         try:
             try:
                 await streamer.session()
             except BaseExceptionGroup as group:
                 raise _first(group) from None
+        except Refused as exc:
+            attempts = (status.refused or {}).get("attempts", 0) + 1
+            status.state = "refused"
+            status.refused = {
+                "code": exc.code,
+                "message": exc.message,
+                "at": time.time(),
+                "attempts": attempts,
+            }
+            log.error(
+                "CDC REFUSED by the lake: this shard's database is not the one the lake "
+                "followed; nothing is streamed or purged until it is resolved (retrying)",
+                extra={"shard": shard_id, "code": exc.code, "error": exc.message},
+            )
         except DataLoss as exc:
+            status.state = "stopped"
             log.error(
                 "CDC DATA LOSS: streaming stopped; the lake needs the missing changes "
                 "restored (or a re-seed) before it can resume",
@@ -93,13 +140,22 @@ async def run(
 
 class _Stream:
     def __init__(
-        self, changelog: Any, shard: str, url: str, cdc: CDCConfig, token: str | None
+        self,
+        changelog: Any,
+        shard: str,
+        url: str,
+        cdc: CDCConfig,
+        token: str | None,
+        incarnation: str = "",
+        status: StreamStatus | None = None,
     ) -> None:
         self.changelog = changelog
         self.shard = shard
         self.url = url
         self.cdc = cdc
         self.token = token
+        self.incarnation = incarnation
+        self.status = status if status is not None else StreamStatus()
         self.welcomed = False
         self.replies: trio.MemorySendChannel[Any]
         self.reply_rx: trio.MemoryReceiveChannel[Any]
@@ -115,17 +171,25 @@ class _Stream:
             await ws.send(
                 protocol.encode(
                     protocol.CDCHello(
-                        shard=self.shard, current_lsn=current, oldest_lsn=oldest, token=self.token
+                        shard=self.shard,
+                        current_lsn=current,
+                        oldest_lsn=oldest,
+                        token=self.token,
+                        incarnation=self.incarnation,
                     )
                 )
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self.reader, ws)
                 welcome = await self.reply()
+                if isinstance(welcome, protocol.Error) and welcome.code in REFUSALS:
+                    raise Refused(welcome.message, code=welcome.code, details=welcome.details)
                 if not isinstance(welcome, protocol.CDCWelcome):
                     raise CDCError(f"lake answered hello with {welcome!r}")
                 committed = welcome.committed_lsn
                 self.welcomed = True
+                self.status.state, self.status.refused = "streaming", None
+                self.status.committed_lsn = committed
                 log.info("CDC connected", extra={"shard": self.shard, "committed_lsn": committed})
                 if committed + 1 < oldest:
                     raise DataLoss(
@@ -146,6 +210,7 @@ class _Stream:
                 msg = protocol.decode(frame)
                 if isinstance(msg, protocol.Committed):
                     if msg.shard == self.shard:
+                        self.status.committed_lsn = msg.lsn
                         await self.release(msg.lsn)
                     continue
                 await self.replies.send(msg)
