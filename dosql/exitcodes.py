@@ -61,4 +61,3 @@ def interruptible() -> None:
     ignored: Python keeps an inherited SIG_IGN (a background job of a script, some CI
     runners), and a shell or a tail that Ctrl-C cannot stop is no use on a terminal."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-
