@@ -182,6 +182,7 @@ CODES: dict[str, type[DoSQLError]] = {
     "INVALID_CONFIG": ConfigurationError,
     "MISSING_CONFIG": ConfigurationError,
     "SHARD_ID_MISMATCH": ConfigurationError,  # a database opened as another shard
+    "PLACEMENT_CHANGED": ConfigurationError,  # a VSchema edit would move rows (router)
     "RPC_ERROR": RPCError,
     "RPC_UNAVAILABLE": RPCError,
     "SHARD_UNAVAILABLE": RPCError,

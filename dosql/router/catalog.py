@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import vschema
 from dosql import protocol
 from dosql.errors import DoSQLError, NotSupportedError, QueryError
-from dosql.router import gather, metadata
+from dosql.router import gather, metadata, placement
 from dosql.router.gather import ROWID_NAMES  # noqa: F401 - used by callers of the catalog
 from dosql.router.pool import ShardConnection, ShardPool, ShardResult
 
@@ -66,6 +66,7 @@ class Catalog:
     key_types: dict[str, str]  # listed sharded tables' key types learned from shards
     ddl_stamps: dict[str, str]  # table -> its last announced DDL (metadata.ddl_stamps)
     meta_changes: int  # metadata changes this router made (a load racing one is dropped)
+    blocked: dict[str, DoSQLError]  # tables whose placement changed under rows (placement.py)
 
     clear_plans: Callable[[], None]  # the executor's: plans embed routing decisions
     on_shard: Callable[..., Awaitable[ShardResult]]  # Fanout's
@@ -84,9 +85,19 @@ class Catalog:
         since this one loaded it. One small read when it did not; True if it moved."""
         version = await metadata.version(self.pools[self.vs.default_shard])
         if version == self.meta_version and self.meta_loaded:
+            if self.blocked:  # emptied meanwhile, or a shard that could not be asked is back
+                await self._check_placements(self.vs, set(self.blocked))
             return False
         await self._load(version)
         return True
+
+    async def _check_placements(self, vs: Any, names: set[str] | None = None) -> None:
+        """Refuse tables whose rows this VSchema would look for elsewhere (placement.py);
+        ``names``: check only these again (the blocked ones: nothing else changed)."""
+        blocked = await placement.check(self.pools, vs.default_shard, vs, names)
+        if blocked.keys() != self.blocked.keys():
+            self.clear_plans()
+        self.blocked = blocked
 
     async def load_metadata(self) -> None:
         """Tables created under the default_table policy (best effort; retried on demand)."""
@@ -119,6 +130,7 @@ class Catalog:
         vs = metadata.overlay(self.base, learned)
         for name, decl in self.key_types.items():
             vs = _with_key_type(vs, name, decl)
+        await self._check_placements(vs)
         if redefined or views != self.views or vs.to_dict() != self.vs.to_dict():
             self.views = views
             self.set_vs(vs)  # clears the plans: they embed routing and schema decisions
@@ -291,6 +303,8 @@ class Catalog:
         default = self.vs.default_shard
         conn = await tx.conn(default, write=True) if tx is not None else None
         await metadata.store(self.pools[default], name.lower(), entry, conn)
+        here = placement.placements(vs)[name.lower()]
+        await placement.record(self.pools[default], name.lower(), here, conn)
         self.learned[name.lower()] = entry
         self.null_shards = metadata.null_shards(self.learned)
         self.sequences = metadata.sequences(self.learned)
@@ -311,6 +325,7 @@ class Catalog:
         try:
             conn = await tx.conn(default, write=True) if tx is not None else None
             await metadata.store(self.pools[default], name.lower(), None, conn)
+            await placement.record(self.pools[default], name.lower(), None, conn)
             if name.lower() in self.sequences:
                 key = metadata.SEQ_PREFIX + name.lower()
                 target = conn or None

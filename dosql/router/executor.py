@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from dosql.errors import DoSQLError, NotSupportedError
-from dosql.router import gather, sequences
+from dosql.router import gather, placement, sequences
 from dosql.router.catalog import Catalog, TableInfo
 from dosql.router.engine.base import Context, Operator
 from dosql.router.fanout import Fanout
@@ -84,6 +84,7 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.key_types: dict[str, str] = {}
         self.ddl_stamps: dict[str, str] = {}
         self.meta_changes = 0
+        self.blocked: dict[str, DoSQLError] = {}
         self.local_schemas: dict[str, gather.LocalSchema] = {}
         self.null_shards: dict[str, str] = {}  # table -> shard that holds NULL-key rows
         self.sequences: set[str] = set()  # tables whose keys the router assigns
@@ -98,6 +99,10 @@ class Executor(Catalog, Fanout, Targets, TxScope):
         self.plans.clear()
 
     def plan(self, sql: str) -> Operator:
+        if self.blocked:  # rare: a VSchema edit under rows (placement.py); checked first,
+            refused = placement.refusal(self.blocked, sql)  # as a cached plan may name one
+            if refused is not None:
+                raise refused
         p = self.plans.get(sql)
         if p is not None:
             self.metrics.plan_hits.inc()

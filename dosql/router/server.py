@@ -200,6 +200,8 @@ class Router:
             },
             "tables": sorted(ex.vs.tables) if ex else [],
             "learned_tables": sorted(ex.learned) if ex else [],
+            # tables refused because the VSchema moved them under their rows (placement.py)
+            "blocked_tables": {n: e.message for n, e in ex.blocked.items()} if ex else {},
             "default_shard": self.vs.default_shard,
             "transactions": self.transaction_summary(),
             "two_phase_commit": self.resolver.status() if self.resolver else None,
@@ -246,6 +248,9 @@ class Router:
         if lake is not None:  # time travel needs it, and a dead lake writer must be seen
             deep["lake"] = await trio.to_thread.run_sync(lake.health)
             ok = ok and deep["lake"]["status"] == "ok"
+        if self.executor.blocked:
+            deep["blocked_tables"] = sorted(self.executor.blocked)
+            ok = False
         return {"status": "ok" if ok else "degraded", **deep}
 
     # ------------------------------------------------------------------ client protocol
