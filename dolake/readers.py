@@ -3,8 +3,8 @@
 The lake is plain Iceberg in a plain SQL catalog; nothing here is needed to
 read it -- these helpers only save the boilerplate: opening the catalog from
 the deployment config, dropping the lake's bookkeeping columns
-(``_dosql_overflow``, and ``_dosql_shard``/``_dosql_rowid`` of tables without
-a primary key), and loading DuckDB's iceberg extension from the PyPI wheels
+(``_dosql_shard``, ``_dosql_commit_ts``, ``_dosql_rowid``; ``_dosql_overflow``
+only when no row has a value there), and loading DuckDB's iceberg extension from the PyPI wheels
 (DuckDB cannot download extensions here).
 """
 
@@ -43,11 +43,30 @@ def scan(
     snapshot_id: int | None = None,
     hidden: bool = False,
 ) -> pa.Table:
-    """A table's rows (optionally at an older snapshot: time travel)."""
+    """A table's rows (optionally at an older snapshot: time travel).
+
+    Without ``hidden`` the bookkeeping columns are dropped -- except
+    ``_dosql_overflow`` whenever a returned row has a value there: a value
+    that did not fit its column's type reads NULL in the typed column, and
+    the original is only in that JSON (:func:`raw_value`, or :func:`raw_rows`
+    for the original SQLite values). It is dropped only when it is NULL on
+    every row, so nothing is ever silently NULL.
+    """
     data = load(catalog, table, namespace).scan(snapshot_id=snapshot_id).to_arrow()
     if hidden:
         return data
-    return data.drop_columns([n for n in data.column_names if n.startswith(HIDDEN_PREFIX)])
+    drop = [n for n in data.column_names if n.startswith(HIDDEN_PREFIX)]
+    if OVERFLOW in drop and data[OVERFLOW].null_count < data.num_rows:
+        drop.remove(OVERFLOW)
+    return data.drop_columns(drop)
+
+
+def raw_rows(data: pa.Table) -> list[dict[str, Any]]:
+    """``data``'s rows (from :func:`scan`) as dicts of the original SQLite
+    values: an overflowed value is put back in its column, the
+    ``_dosql_overflow`` column itself is left out."""
+    names = [n for n in data.column_names if n != OVERFLOW]
+    return [{n: raw_value(row, n) for n in names} for row in data.to_pylist()]
 
 
 def raw_value(row: dict[str, Any], column: str) -> Any:
@@ -58,7 +77,7 @@ def raw_value(row: dict[str, Any], column: str) -> Any:
     if row.get(column) is not None or not row.get(OVERFLOW):
         return row.get(column)
     tag = json.loads(row[OVERFLOW]).get(column)
-    return raw_untag(tag) if tag else None
+    return raw_untag(tag) if isinstance(tag, dict) and "t" in tag else None
 
 
 def metadata_location(catalog: Catalog, table: str, namespace: str = "default") -> str:

@@ -10,7 +10,8 @@ the typed column gets NULL and the exact original value goes into the row's
 "real"|"blob", "v": value}}`` (blobs base64). Readers that need the raw
 SQLite value take it from there (:func:`dolake.readers.raw_value`). On change
 log rows of schema events the column holds the event instead:
-``{"_dosql_schema": action, "_dosql_sql": ddl}``.
+``{"_dosql_schema": action, "_dosql_sql": ddl, "_dosql_columns": ...}``.
+Which columns the lake declares required: :mod:`dolake.required`.
 
 Mapping (checked in this order, on the upper-cased declared type):
 
@@ -66,6 +67,12 @@ HIDDEN_PREFIX = "_dosql_"
 SCHEMA_ACTION = "_dosql_schema"
 SCHEMA_SQL = "_dosql_sql"
 SCHEMA_RENAMED = "_dosql_renamed_from"
+# ... and the table's definition after the event (history replay rebuilds the
+# event from them): ``[[name, decltype, notnull, pk], ...]``, the primary key,
+# WITHOUT ROWID. Absent on rows written before they were kept.
+SCHEMA_COLUMNS = "_dosql_columns"
+SCHEMA_PK = "_dosql_primary_key"
+SCHEMA_WITHOUT_ROWID = "_dosql_without_rowid"
 
 _DECIMAL = re.compile(r"(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
@@ -244,6 +251,41 @@ class Column:
     type: IcebergType
     convert: Callable[[Any], Any]
     dropped: bool = False
+    # SQLite never stores NULL here (NOT NULL, or an INTEGER PRIMARY KEY).
+    notnull: bool = False
+    # Declared required when the lake creates the table: ``notnull`` and known
+    # from the table's CREATE (a column added later is optional, see README).
+    required: bool = False
+
+
+def declared_columns(props: dict[str, str]) -> dict[str, tuple[str, bool, bool]]:
+    """name -> (declared type, dropped, notnull) from a lake table's
+    ``dosql.columns`` property (``[name, decltype, dropped(, notnull)]``:
+    tables written before NOT NULL was kept have three items; notnull False)."""
+    out: dict[str, tuple[str, bool, bool]] = {}
+    for item in json.loads(props.get("dosql.columns", "[]")):
+        name, decl, dropped, *rest = item
+        out[name] = (decl, bool(dropped), bool(rest[0]) if rest else False)
+    return out
+
+
+def never_null(info: protocol.ColumnInfo, schema: protocol.TableSchema) -> bool:
+    """Whether SQLite guarantees the column is never NULL.
+
+    ``PRAGMA table_info`` reports ``notnull`` for NOT NULL columns and for the
+    key columns of WITHOUT ROWID and STRICT tables (SQLite enforces those). An
+    INTEGER PRIMARY KEY of a rowid table aliases the rowid: never NULL either,
+    though the pragma says 0. Any other key column of a rowid table may be NULL
+    (SQLite's legacy behaviour), so it is not.
+    """
+    if info.notnull:
+        return True
+    pk = schema.primary_key or [c.name for c in schema.columns if c.pk > 0]
+    return (
+        not schema.without_rowid
+        and pk == [info.name]
+        and info.decltype.strip().upper() == "INTEGER"
+    )
 
 
 @dataclass
@@ -284,15 +326,19 @@ class TableLayout:
         present = {c.name for c in schema.columns}
         for info in schema.columns:
             col = self.column(info.name)
+            notnull = never_null(info, schema)
             if col is None:
                 t = iceberg_type(info.decltype)
                 col = Column(info.name, info.decltype, t, converter(t))
+                col.required = notnull and schema.action == "create"
                 self.columns.append(col)
                 added.append(col)
             col.dropped = False
+            col.notnull = notnull
         for col in self.columns:
             if col.name not in present:
                 col.dropped = True
+                col.notnull = False
         if schema.action == "create" or self.inferred:
             pk = list(schema.primary_key)
             if not pk:

@@ -112,17 +112,22 @@ from pyiceberg.types import (
 from dolake import compaction, maintenance, mor, orphans, watermarks
 from dolake.buffer import Entry
 from dolake.mor import KeyIndex
+from dolake.required import identifier_ids, relax_required
 from dolake.schema import (
     OVERFLOW,
     ROWID,
     SCHEMA_ACTION,
+    SCHEMA_COLUMNS,
+    SCHEMA_PK,
     SCHEMA_RENAMED,
     SCHEMA_SQL,
+    SCHEMA_WITHOUT_ROWID,
     SHARD_COL,
     Column,
     NoFit,
     TableLayout,
     converter,
+    declared_columns,
     raw_tag,
 )
 from dosql import protocol
@@ -469,15 +474,17 @@ class Writer:
     def _create(self, lt: LakeTable) -> None:
         layout = lt.layout
         ids = itertools.count(1)
-        user = [NestedField(next(ids), c.name, c.type, required=False) for c in layout.columns]
+        user = [NestedField(next(ids), c.name, c.type, required=c.required) for c in layout.columns]
         hidden = [
-            NestedField(next(ids), SHARD_COL, StringType(), required=False),
+            NestedField(next(ids), SHARD_COL, StringType(), required=True),
             NestedField(next(ids), COMMIT_TS_COL, LongType(), required=False),
         ]
         if layout.rowid_keyed:
-            hidden.append(NestedField(next(ids), ROWID, LongType(), required=False))
+            hidden.append(NestedField(next(ids), ROWID, LongType(), required=True))
         overflow = NestedField(next(ids), OVERFLOW, StringType(), required=False)
-        mirror_schema = Schema(*user, *hidden, overflow)
+        mirror_schema = Schema(
+            *user, *hidden, overflow, identifier_field_ids=identifier_ids(layout, [*user, *hidden])
+        )
         key_field = next(
             (f for f in (*user, *hidden) if f.name == (layout.primary_key or [ROWID])[0]), None
         )
@@ -505,13 +512,13 @@ class Writer:
         if layout.rowid_keyed:
             cl_fields.append(NestedField(next(ids), ROWID, LongType(), required=False))
         cl_fields += [
-            NestedField(next(ids), "_op", StringType(), required=False),
-            NestedField(next(ids), "_lsn", LongType(), required=False),
-            NestedField(next(ids), "_shard", StringType(), required=False),
-            NestedField(next(ids), "_txid", LongType(), required=False),
+            NestedField(next(ids), "_op", StringType(), required=True),
+            NestedField(next(ids), "_lsn", LongType(), required=True),
+            NestedField(next(ids), "_shard", StringType(), required=True),
+            NestedField(next(ids), "_txid", LongType(), required=True),
         ]
         ts_id = next(ids)
-        cl_fields.append(NestedField(ts_id, "_commit_ts", TimestamptzType(), required=False))
+        cl_fields.append(NestedField(ts_id, "_commit_ts", TimestamptzType(), required=True))
         cl_fields += [
             NestedField(next(ids), name, StringType(), required=False) for name in GTID_COLS
         ]
@@ -556,11 +563,13 @@ class Writer:
         columns["_txid"] = [ch.txid for ch in changes]
         columns[GTID_COL] = [ch.gtid for ch in changes]
         columns[PARTS_COL] = [",".join(ch.parts) if ch.parts else None for ch in changes]
+        columns["_commit_ts"] = [ch.commit_ts for ch in changes]
+        columns[OVERFLOW] = overflow
+        lt.changelog = relax_required(self.catalog, lt.changelog, columns, len(changes))
         schema = schema_to_pyarrow(lt.changelog.schema())
         # commit times (UTC microseconds) as one array: no datetime object per row
         stamps = pa.array([ch.commit_ts for ch in changes], pa.int64())
         columns["_commit_ts"] = stamps.cast(schema.field("_commit_ts").type)
-        columns[OVERFLOW] = overflow
         return _frame(schema, columns, len(changes))
 
     # ------------------------------------------------------------------ mirror
@@ -752,7 +761,6 @@ class Writer:
         if dropped:
             for k, (f, p, _s, _ts) in index.owned_by(dropped).items():
                 doomed[k] = (f, p)
-        arrow_schema = schema_to_pyarrow(table.schema())
         images: list[Any] = []
         owners: list[str] = []
         times: list[int] = []
@@ -786,13 +794,17 @@ class Writer:
             path, spec_id, part = files[f]
             groups.setdefault((spec_id, part), []).append((path, p))
         added: list[tuple[Any, list[tuple[str, int, Any]]]] = []
+        columns: dict[str, Any] = {}
+        if images:
+            columns, overflow = layout.typed_columns(images)
+            columns.update({SHARD_COL: owners, COMMIT_TS_COL: times, OVERFLOW: overflow})
+            if layout.rowid_keyed:
+                columns[ROWID] = rowids
+            table = lt.mirror = relax_required(self.catalog, table, columns, len(images))
+        arrow_schema = schema_to_pyarrow(table.schema())
         with mor.Transaction(table) as tx:
             delta = mor.RowDelta(tx, table.io, _props(marks))
             if images:
-                columns, overflow = layout.typed_columns(images)
-                columns.update({SHARD_COL: owners, COMMIT_TS_COL: times, OVERFLOW: overflow})
-                if layout.rowid_keyed:
-                    columns[ROWID] = rowids
                 df = _frame(arrow_schema, columns, len(images))
                 sort_col = ROWID if layout.rowid_keyed else layout.primary_key[0]
                 try:
@@ -897,7 +909,8 @@ def _layout_properties(layout: TableLayout) -> dict[str, str]:
     return {
         "dosql.primary_key": json.dumps(layout.primary_key),
         "dosql.columns": json.dumps(
-            [[c.name, c.decltype, c.dropped] for c in layout.columns], separators=(",", ":")
+            [[c.name, c.decltype, c.dropped, c.notnull] for c in layout.columns],
+            separators=(",", ":"),
         ),
     }
 
@@ -905,13 +918,15 @@ def _layout_properties(layout: TableLayout) -> dict[str, str]:
 def _layout_from_properties(name: str, table: Table) -> TableLayout:
     props = table.properties
     layout = TableLayout(name, primary_key=json.loads(props.get("dosql.primary_key", "[]")))
-    decl = {n: (d, dropped) for n, d, dropped in json.loads(props.get("dosql.columns", "[]"))}
+    decl = declared_columns(props)
     for f in table.schema().fields:
         if f.name.startswith("_dosql_"):
             continue
-        d, dropped = decl.get(f.name, ("", False))
+        d, dropped, notnull = decl.get(f.name, ("", False, f.required))
         t = f.field_type
-        layout.columns.append(Column(f.name, d, t, converter(t), dropped))
+        layout.columns.append(
+            Column(f.name, d, t, converter(t), dropped, notnull=notnull, required=f.required)
+        )
     return layout
 
 
@@ -940,6 +955,11 @@ def _schema_event(schema: protocol.TableSchema) -> str:
         event[SCHEMA_SQL] = schema.sql
     if schema.renamed_from:
         event[SCHEMA_RENAMED] = schema.renamed_from
+    if schema.action in ("create", "alter") and schema.columns:
+        event[SCHEMA_COLUMNS] = [[c.name, c.decltype, c.notnull, c.pk] for c in schema.columns]
+        event[SCHEMA_PK] = list(schema.primary_key)
+        if schema.without_rowid:
+            event[SCHEMA_WITHOUT_ROWID] = True
     return json.dumps(event, sort_keys=True)
 
 

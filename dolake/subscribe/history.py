@@ -33,7 +33,19 @@ from pyiceberg.expressions import And, EqualTo, LessThanOrEqual
 
 from dolake import watermarks
 from dolake.history import to_sqlite
-from dolake.schema import CHANGELOG_META, HIDDEN_PREFIX, OVERFLOW, ROWID, raw_untag
+from dolake.schema import (
+    CHANGELOG_META,
+    HIDDEN_PREFIX,
+    OVERFLOW,
+    ROWID,
+    SCHEMA_COLUMNS,
+    SCHEMA_PK,
+    SCHEMA_RENAMED,
+    SCHEMA_SQL,
+    SCHEMA_WITHOUT_ROWID,
+    declared_columns,
+    raw_untag,
+)
 from dosql import protocol
 
 SUFFIX = "__changelog"
@@ -70,20 +82,50 @@ def _layout(table: Any) -> tuple[list[str], list[str], list[protocol.ColumnInfo]
     """(image columns, primary key, column infos) from the lake table's properties."""
     props = table.properties
     pk = json.loads(props.get("dosql.primary_key", "[]"))
-    declared = {n: (d, dropped) for n, d, dropped in json.loads(props.get("dosql.columns", "[]"))}
+    declared = declared_columns(props)
     names = [
         f.name
         for f in table.schema().fields
         if not f.name.startswith(HIDDEN_PREFIX) and f.name not in CHANGELOG_META
     ]
-    live = [n for n in names if not declared.get(n, ("", False))[1]]
+    live = [n for n in names if not declared.get(n, ("", False, False))[1]]
     infos = [
         protocol.ColumnInfo(
-            n, declared.get(n, ("", False))[0], False, pk.index(n) + 1 if n in pk else 0
+            n,
+            declared.get(n, ("", False, False))[0],
+            declared.get(n, ("", False, False))[2],
+            pk.index(n) + 1 if n in pk else 0,
         )
         for n in live
     ]
     return live, pk, infos
+
+
+def _schema_event(
+    overflow: dict[str, Any], infos: list[protocol.ColumnInfo], pk: list[str]
+) -> protocol.TableSchema:
+    """The schema event a change log row holds: its own definition (columns
+    with NOT NULL, key, DDL text) when the row keeps it, else the table's
+    current columns (rows written before events kept their definition)."""
+    action = overflow.get(SCHEMA_ACTION_KEY, "alter")
+    if action not in ("create", "alter", "drop", "index"):
+        action = "alter"
+    kept = overflow.get(SCHEMA_COLUMNS)
+    if action == "drop":
+        columns, key = [], []
+    elif isinstance(kept, list):
+        columns = [protocol.ColumnInfo(str(n), str(d), bool(nn), int(p)) for n, d, nn, p in kept]
+        key = list(overflow.get(SCHEMA_PK) or [])
+    else:
+        columns, key = infos, pk
+    return protocol.TableSchema(
+        action=action,
+        sql=overflow.get(SCHEMA_SQL),
+        columns=columns,
+        primary_key=key,
+        without_rowid=bool(overflow.get(SCHEMA_WITHOUT_ROWID)),
+        renamed_from=overflow.get(SCHEMA_RENAMED),
+    )
 
 
 def read(
@@ -134,12 +176,7 @@ def _read_table(table: Any, name: str, shard: str, after: int, upto: int) -> lis
         )
         if op == "schema":
             if lsn > after:
-                action = overflow.get(SCHEMA_ACTION_KEY, "alter")
-                schema = protocol.TableSchema(
-                    action=action if action in ("create", "alter", "drop", "index") else "alter",
-                    columns=infos if action != "drop" else [],
-                    primary_key=pk if action != "drop" else [],
-                )
+                schema = _schema_event(overflow, infos, pk)
                 out.append(protocol.Change(table=name, op="schema", schema=schema, **common))
             if overflow.get(SCHEMA_ACTION_KEY) == "drop":
                 last.clear()

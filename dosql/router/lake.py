@@ -124,7 +124,7 @@ def historical_definition(
     mirror, changelog = load_tables(catalog, namespace, table)
     props = mirror.properties
     pk = list(json.loads(props.get("dosql.primary_key", "[]")))
-    decl = {n: d for n, d, _dropped in json.loads(props.get("dosql.columns", "[]"))}
+    decl = {n: d for n, d, *_rest in json.loads(props.get("dosql.columns", "[]"))}
     columns = [
         (f.name, decl.get(f.name, "") or "")
         for f in mirror.schema().fields
