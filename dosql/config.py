@@ -89,6 +89,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("shard", "lock_timeout_ms", "DOSQL_LOCK_TIMEOUT_MS", 5000, minimum=1),
     _s("shard", "max_message_size", "DOSQL_MAX_MESSAGE_SIZE", 16 * 1024 * 1024, minimum=1024),
     _s("shard", "result_chunk_rows", "DOSQL_RESULT_CHUNK_ROWS", 1000, minimum=1),
+    # /health/deep reports storage "full" below this much free space on the database's
+    # filesystem (dosql/shard/storage.py): room for a checkpoint and a burst of writes.
+    _s("shard", "min_free_bytes", "DOSQL_MIN_FREE_BYTES", 64 * 1024 * 1024, minimum=0),
     # lake
     _s("lake", "host", "DOLAKE_HOST", "127.0.0.1", "str"),
     _s("lake", "port", "DOLAKE_PORT", 0, minimum=0),
@@ -171,6 +174,7 @@ class ShardConfig:
     lock_timeout_ms: int
     max_message_size: int
     result_chunk_rows: int
+    min_free_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

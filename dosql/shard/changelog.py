@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import msgspec
 import trio
@@ -131,9 +132,17 @@ def lsn_bounds(conn: sqlite3.Connection) -> tuple[int, int]:
 class ChangeLog:
     """Change-log access for one shard (thread-safe sync methods + one async wait)."""
 
-    def __init__(self, reader: sqlite3.Connection, writer: ConnState) -> None:
+    def __init__(
+        self,
+        reader: sqlite3.Connection,
+        writer: ConnState,
+        reopen: Callable[[ConnState], ConnState] | None = None,
+    ) -> None:
         self._reader = reader
         self._writer = writer
+        # After a storage error the writer is replaced (it may be read-only for good,
+        # see storage.py); a failed release is simply retried by the lake's next one.
+        self._reopen = reopen
         self._read_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
@@ -240,6 +249,7 @@ class ChangeLog:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     if isinstance(exc, sqlite3.Error):
+                        self._recycle_writer(exc)
                         raise map_error(exc) from None
                     raise
             finally:
@@ -247,6 +257,17 @@ class ChangeLog:
         with self._state_lock:
             self._oldest = max(self._oldest, oldest)
             self._current = max(self._current, current)
+
+    def _recycle_writer(self, exc: sqlite3.Error) -> None:
+        """Replace the writer connection after a storage error (call holding _write_lock)."""
+        from dosql.shard.storage import classify
+
+        if self._reopen is None or classify(exc) is None:
+            return
+        try:
+            self._writer = self._reopen(self._writer)
+        except sqlite3.Error:
+            pass  # cannot open one now: keep the old writer, try again at the next failure
 
     async def wait_for_change(self, after_lsn: int) -> None:
         """Return once ``current_lsn() > after_lsn``."""

@@ -137,6 +137,9 @@ class ConnState:
     txid: int | None = None  # allocated at the first captured change of a write transaction
     internal: bool = False  # the shard's own statements: everything allowed
     read_only: bool = False  # the session using it has read scope
+    # Closed instead of pooled at release: it saw a storage error, or was opened while
+    # the file was not writable (SQLite then opens it read-only for good; storage.py).
+    recycle: bool = False
     # Per statement, reset by begin_statement():
     ddl_seen: bool = False
     altered: set[str] = field(default_factory=set)  # tables named by ALTER TABLE

@@ -41,6 +41,7 @@ from dosql.shard.changelog import ChangeLog, lsn_bounds
 from dosql.shard.database import TRIGGER_PREFIX, ConnState, open_connection
 from dosql.shard.decltypes import decltypes
 from dosql.shard.prepared import PreparedTx, TwoPhase
+from dosql.shard.storage import StorageMonitor
 from dosql.shard.writelock import WriteLock
 from dosql.statements import kind
 
@@ -96,6 +97,8 @@ class Shard:
         self.writelock = WriteLock(shard_id)  # writers queue here, not in SQLite's busy handler
         self.open_transactions = 0
         self.sessions = 0
+        # storage state for /health/deep, and which connections to recycle (storage.py)
+        self.storage = StorageMonitor(self.path, cfg.min_free_bytes)
         admin = self._open()
         self.identity: identity.Identity
         try:
@@ -106,7 +109,7 @@ class Shard:
         self._free.append(admin)
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         reader.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
-        self.changelog = ChangeLog(reader, self._open())
+        self.changelog = ChangeLog(reader, self._open(), reopen=self._reopen_internal)
         self.twophase = TwoPhase(self)  # prepared transactions (two-phase commit)
         self.twophase.recover()
 
@@ -114,8 +117,25 @@ class Shard:
 
     def _open(self) -> ConnState:
         state = open_connection(self.path, self.cfg, self.allocate_txid)
+        # Opened while the file is not writable, SQLite made it read-only for good:
+        # serve this one request with it, then close it (see storage.py).
+        state.recycle = not self.storage.writable()
         self._all.append(state)
         return state
+
+    def _reopen_internal(self, old: ConnState) -> ConnState:
+        """A fresh connection for the change log's writer after a storage error.
+
+        The new one is opened first: if that fails too, the old one stays in use.
+        """
+        new = self._open()
+        self.discard(old)
+        return new
+
+    def note_failure(self, state: ConnState | None, exc: BaseException) -> None:
+        """A write path raised: if it was a storage error, record it and recycle ``state``."""
+        if self.storage.failed(exc) is not None and state is not None:
+            state.recycle = True
 
     def open_connection(self) -> ConnState:
         """A connection outside the pool (a redone prepared transaction's; see discard)."""
@@ -236,7 +256,12 @@ class Shard:
         self.writelock.release(state)
         state.read_only = False
         state.internal = False
-        self._free.append(state)
+        if state.recycle:
+            # A storage error may have left it read-only for good (storage.py): close
+            # it; the next request opens a fresh one, writable once the storage is.
+            self.discard(state)
+        else:
+            self._free.append(state)
         assert self._slots is not None
         self._slots.release()
 
@@ -248,6 +273,9 @@ class Shard:
         state.internal = True
         try:
             state.conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except BaseException as exc:
+            self.note_failure(state, exc)
+            raise
         finally:
             state.internal = False
 
@@ -270,12 +298,14 @@ class Shard:
         state.internal = True
         try:
             lsn = self._finish(state, gtid, parts, commit_ts)
-        except BaseException:
+        except BaseException as exc:
+            self.note_failure(state, exc)
             self._rollback_quietly(state)
             raise
         finally:
             state.internal = False
             state.txid = None
+        self.storage.write_ok()
         if lsn is not None and notify:
             self.changelog.committed(lsn)
         return lsn
@@ -418,7 +448,8 @@ class Shard:
             cur.close()
             cur = None
             lsn = self.commit(state, notify=False) if autocommit else None
-        except BaseException:
+        except BaseException as exc:
+            self.note_failure(state, exc)
             if cur is not None:
                 # Reset the statement first: while it is active an interrupt() aimed
                 # at it stays armed and would hit the ROLLBACK (or the next client).
@@ -510,7 +541,8 @@ class Shard:
                 )
                 if own_tx:
                     state.conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
+                self.note_failure(state, exc)
                 if own_tx and state.conn.in_transaction:
                     state.conn.execute("ROLLBACK")
                 raise
@@ -531,13 +563,23 @@ class Shard:
         return size(self.path), size(self.path + "-wal")
 
     def health_check(self) -> dict[str, Any]:
+        """Readable and intact (``quick_check``), and is the storage taking writes?
+
+        ``error`` if the database cannot be read or is damaged; ``degraded`` if it
+        reads but its storage is ``read_only``, ``full`` or had an ``io_error``
+        (storage.py): writes fail, reads still work.
+        """
+        storage = self.storage.report()
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=2)
         try:
             ok = conn.execute("SELECT count(*) FROM _dosql_tx").fetchone() is not None
             quick = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
         finally:
             conn.close()
-        return {"status": "ok" if ok and quick == "ok" else "error", "quick_check": quick}
+        status = "ok" if ok and quick == "ok" else "error"
+        if status == "ok" and storage["state"] != "ok":
+            status = "degraded"
+        return {"status": status, "quick_check": quick, "storage": storage}
 
     def close(self) -> None:
         """Checkpoint the WAL into the database and close every connection."""

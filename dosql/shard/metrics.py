@@ -17,12 +17,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from dosql.errors import CODES
 from dosql.prom import REQUEST_BUCKETS, Alias, init_labels, ms_alias
+from dosql.shard.storage import STATES
 
 if TYPE_CHECKING:
     from dosql.shard.executor import Shard
 
 # ``dosql_autocommit_reads_total{path}``: on the event loop, or re-run on a worker thread.
 READ_PATHS = ("inline", "thread")
+STORAGE_ERROR_KINDS = tuple(s for s in STATES if s != "ok")
 
 
 class ShardMetrics:
@@ -106,6 +108,25 @@ class ShardMetrics:
             "dosql_write_lock_waiters", "Writers queued for the shard's write lock", registry=r
         )
         self.lock_waiters.set_function(lambda: shard.writelock.waiting)
+        self.storage_state = Gauge(
+            "dosql_storage_state",
+            "1 for the storage state /health/deep reports (ok, read_only, full, io_error), "
+            "0 for the others",
+            ["state"],
+            registry=r,
+        )
+        for name in STATES:
+            self.storage_state.labels(name).set_function(
+                lambda n=name: 1.0 if shard.storage.state() == n else 0.0
+            )
+        self.storage_errors = Counter(
+            "dosql_storage_errors_total",
+            "Storage errors of writes (read_only, full, io_error); the connection is recycled",
+            ["kind"],
+            registry=r,
+        )
+        init_labels(self.storage_errors, STORAGE_ERROR_KINDS)
+        shard.storage.observe = lambda kind: self.storage_errors.labels(kind).inc()
         self.current_lsn = Gauge("dosql_current_lsn", "Highest committed LSN", registry=r)
         self.current_lsn.set_function(shard.changelog.current_lsn)
         self._last_lsn = shard.changelog.current_lsn()

@@ -235,7 +235,11 @@ class TwoPhase:
             check_deferred_keys(state)
             record = redo.build(state)
             crash_point("shard.prepare.before_record")
-            self.store.save(gtid, candidates, record)
+            try:
+                self.store.save(gtid, candidates, record)
+            except sqlite3.Error as exc:
+                self.shard.storage.failed(exc)  # the sidecar's storage: /health/deep shows it
+                raise
             crash_point("shard.prepare.after_record")
             self.entries[gtid] = PreparedTx(gtid, state, candidates, time.time(), owner)
             return {"last_commit_ts": self.shard.last_commit_ts}

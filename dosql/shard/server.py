@@ -81,6 +81,8 @@ async def serve(
             "wal_bytes": wal,
             "lake_url": lake_url,
             "cdc": cdc_status.as_dict() if cdc_status is not None else None,
+            # read_only / full / io_error, free space, last storage error (storage.py)
+            "storage": shard.storage.report(),
         }
 
     async def deep_health() -> dict[str, Any]:
