@@ -57,9 +57,10 @@ clean:
 # Kill -9 at every two-phase-commit step under client load, repeated (make test: 1 round).
 .PHONY: jepsen
 jepsen: $(STAMP)
-	DOSQL_JEPSEN_ROUNDS=$${DOSQL_JEPSEN_ROUNDS:-5} \
+	DOSQL_JEPSEN_ROUNDS=$${DOSQL_JEPSEN_ROUNDS:-5} DOSQL_E2E_DTX_ROUNDS=$${DOSQL_E2E_DTX_ROUNDS:-3} \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout=0 \
-		tests/router/test_atomic_commit.py tests/shard/test_prepared.py tests/router/test_resolver.py
+		tests/router/test_atomic_commit.py tests/shard/test_prepared.py tests/router/test_resolver.py \
+		tests/e2e/test_distributed_commit_e2e.py::test_faults_keep_every_view_whole
 
 # SQLAlchemy's own dialect compliance suite against a fresh cluster (compliance/sqlalchemy).
 .PHONY: sqla-suite
