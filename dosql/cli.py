@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "changes": ("dosql.shard.changes_cli", "print a shard database's change log as JSON lines"),
     "router": ("dosql.router.cli", "run the query router"),
     "up": ("dosql.cluster_cli", "start a local cluster (router, shards, lake) in the foreground"),
+    "status": ("dosql.status_cli", "show a cluster's processes, health, LSNs and restarts"),
     "sql": ("dosql.sql_cli", "run one SQL statement through a router and print the result"),
     "shell": ("dosql.shell_cli", "interactive SQL shell (also runs -c SQL, -f FILE, stdin)"),
     "vschema": ("vschema.cli", "validate a VSchema file and print its routing table"),

@@ -13,6 +13,18 @@ runs), ``logs/``, ``lake/`` (warehouse and catalog, when the lake runs) and
 the router URL (``router.url``) and the lake URL, warehouse and catalog
 filled in — the file the router (and any tool) can be pointed at, and the one
 the CLI reads when run beside the data directory (:mod:`dosql.discovery`).
+
+Supervision (``supervise=True``; ``dosql up`` turns it on): a
+:class:`dosql.supervisor.Supervisor` thread notices a child that died
+unexpectedly, logs it and restarts it at the same address with exponential
+backoff; its view is in ``<data_dir>/supervisor.json``. It is opt-in because
+the fault tests drive crashes themselves (``kill_shard`` … ``start_shard``)
+and must see a killed process stay dead until they start it. And even with
+supervision on, a process ended through this class's own ``kill_*`` /
+``stop_*`` methods is marked *stopped on purpose* and left alone until the
+matching ``start_*`` brings it back; only a death nobody asked for (``kill -9``
+from outside, a crash, the OOM killer) is restarted. Every kill/start method
+and the supervisor's pass take one lock, so the two never interleave.
 """
 
 from __future__ import annotations
@@ -27,12 +39,14 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from dosql import config as config_mod
 from dosql.errors import RPCError
 from dosql.ownership import OwnerLock
+from dosql.supervisor import STATE_FILE, Backoff, Supervisor
 from vschema.tomlw import dumps as to_toml
 
 START_TIMEOUT_S = float(os.environ.get("DOSQL_START_TIMEOUT_S", "90"))
@@ -51,6 +65,8 @@ class _Process:
         self.port: int | None = None
         self._announced = threading.Event()
         self._log: IO[bytes] | None = None
+        # ended through LocalCluster.kill_*/stop_*: the supervisor must not restart it
+        self.on_purpose = False
 
     def launch(self) -> None:
         self.port = None
@@ -142,6 +158,12 @@ class _Process:
             self.popen.wait()
         self._close()
 
+    def close_after_exit(self) -> None:
+        """Reap an exited process and close its pipe and log (the supervisor's cleanup)."""
+        if self.popen is not None:
+            self.popen.poll()
+        self._close()
+
     def _close(self) -> None:
         if self.popen is not None and self.popen.stdout is not None:
             try:
@@ -165,6 +187,8 @@ class LocalCluster:
         *,
         lake: bool = True,
         env: dict[str, str] | None = None,
+        supervise: bool = False,
+        backoff: Backoff | None = None,
     ) -> None:
         self.config_path = Path(config_path)
         self.data_dir = Path(data_dir).resolve()
@@ -182,11 +206,23 @@ class LocalCluster:
         self._lake: _Process | None = None
         self._router: _Process | None = None
         self._stopped = False
+        self._lock = threading.RLock()  # kill/start on purpose vs. the supervisor's pass
+        self.supervisor: Supervisor | None = None
         # One cluster per data directory: a second `dosql up` on it fails, naming the first.
         self._owner = OwnerLock(self.data_dir / "cluster.lock", "a dosql cluster")
         atexit.register(self.stop)
         try:
             self._start()
+            if supervise:
+                self.supervisor = Supervisor(
+                    self._children,
+                    self._respawn,
+                    self._lock,
+                    self.data_dir / STATE_FILE,
+                    backoff=backoff,
+                    start_timeout_s=START_TIMEOUT_S,
+                )
+                self.supervisor.start()
         except BaseException:
             self.stop()
             raise
@@ -305,39 +341,49 @@ class LocalCluster:
         return self._shards[shard_id]
 
     def kill_shard(self, shard_id: str) -> None:
-        """SIGKILL one shard (a crash)."""
-        self._shard(shard_id).kill()
+        """SIGKILL one shard (a crash; on purpose: the supervisor leaves it down)."""
+        with self._lock:
+            proc = self._shard(shard_id)
+            proc.on_purpose = True
+            proc.kill()
 
     def stop_shard(self, shard_id: str) -> None:
-        """SIGTERM one shard and wait for it to exit."""
-        self._shard(shard_id).stop()
+        """SIGTERM one shard and wait for it to exit (it stays down until start_shard)."""
+        with self._lock:
+            proc = self._shard(shard_id)
+            proc.on_purpose = True
+            proc.stop()
 
     def start_shard(self, shard_id: str, env: dict[str, str] | None = None) -> None:
         """Start a stopped or killed shard again at the same address.
 
         ``env``: extra environment for this run of it (``DOSQL_CRASH_AT``, faults.py).
         """
-        proc = self._shard(shard_id)
-        if proc.alive:
-            return
-        port = self._shard_ports[shard_id]
-        self._shards[shard_id] = self._relaunch(lambda: self._new_shard(shard_id, port, env))
+        with self._lock:
+            proc = self._shard(shard_id)
+            if proc.alive:
+                return
+            port = self._shard_ports[shard_id]
+            self._shards[shard_id] = self._relaunch(lambda: self._new_shard(shard_id, port, env))
 
     def shard_alive(self, shard_id: str) -> bool:
         return self._shard(shard_id).alive
 
     def kill_router(self) -> None:
-        """SIGKILL the router (a crash)."""
-        if self._router is not None:
-            self._router.kill()
+        """SIGKILL the router (a crash; on purpose: the supervisor leaves it down)."""
+        with self._lock:
+            if self._router is not None:
+                self._router.on_purpose = True
+                self._router.kill()
 
     def start_router(self, env: dict[str, str] | None = None) -> None:
         """Start a killed router again at the same address (``env`` as for start_shard)."""
-        if self._router is not None and self._router.alive:
-            return
-        self._router = self._relaunch(lambda: self._new_router(self._router_port, env))
+        with self._lock:
+            if self._router is not None and self._router.alive:
+                return
+            self._router = self._relaunch(lambda: self._new_router(self._router_port, env))
 
-    def _relaunch(self, make: Any) -> _Process:
+    def _relaunch(self, make: Callable[[], _Process]) -> _Process:
         last: Exception | None = None
         for _ in range(10):  # the port may linger briefly after a kill
             proc = make()
@@ -352,22 +398,56 @@ class LocalCluster:
         raise last
 
     def kill_lake(self) -> None:
-        if self._lake is not None:
-            self._lake.kill()
+        """SIGKILL the lake writer (on purpose: the supervisor leaves it down)."""
+        with self._lock:
+            if self._lake is not None:
+                self._lake.on_purpose = True
+                self._lake.kill()
 
     def start_lake(self) -> None:
-        if self._lake is None or self._lake.alive or not self.lake_url:
-            return
-        self._lake_port = int(self.lake_url.rsplit(":", 1)[1])
-        for _ in range(10):
-            self._lake = self._new_lake()
-            self._lake.launch()
-            try:
-                self._lake.wait_ready()
+        with self._lock:
+            if self._lake is None or self._lake.alive or not self.lake_url:
                 return
-            except RPCError:
-                time.sleep(0.5)
-        raise RPCError(f"lake failed to restart on {self.lake_url}", code="RPC_UNAVAILABLE")
+            self._lake_port = int(self.lake_url.rsplit(":", 1)[1])
+            for _ in range(10):
+                self._lake = self._new_lake()
+                self._lake.launch()
+                try:
+                    self._lake.wait_ready()
+                    return
+                except RPCError:
+                    time.sleep(0.5)
+            raise RPCError(f"lake failed to restart on {self.lake_url}", code="RPC_UNAVAILABLE")
+
+    # ------------------------------------------------------------------ supervision
+
+    def _children(self) -> dict[str, tuple[str, _Process]]:
+        """Every child process by name (``lake``, the shard ids, ``router``) with its role."""
+        out: dict[str, tuple[str, _Process]] = {}
+        if self._lake is not None:
+            out["lake"] = ("lake", self._lake)
+        for sid, proc in self._shards.items():
+            out[sid] = ("shard", proc)
+        if self._router is not None:
+            out["router"] = ("router", self._router)
+        return out
+
+    def _respawn(self, name: str) -> _Process:
+        """Launch a new process for child ``name`` at its old address (not waited for)."""
+        if name == "lake":
+            assert self.lake_url
+            self._lake_port = int(self.lake_url.rsplit(":", 1)[1])
+            proc = self._lake = self._new_lake()
+        elif name == "router":
+            proc = self._router = self._new_router(self._router_port)
+        else:
+            proc = self._shards[name] = self._new_shard(name, self._shard_ports[name])
+        proc.launch()
+        return proc
+
+    def supervisor_state(self) -> dict[str, dict[str, Any]]:
+        """Per child: state, restarts, last exit (empty without ``supervise=True``)."""
+        return self.supervisor.snapshot() if self.supervisor is not None else {}
 
     # ------------------------------------------------------------------ lake
 
@@ -402,6 +482,9 @@ class LocalCluster:
         if self._stopped:
             return
         self._stopped = True
+        if self.supervisor is not None:  # first: the stops below are not crashes
+            self.supervisor.stop()
+            self.supervisor.remove_file()
         if self._router is not None:
             self._router.stop()
         for proc in self._shards.values():
